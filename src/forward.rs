@@ -1,0 +1,132 @@
+//! Forwarding: the pooled upstream client and header hygiene on the way out and back
+//! (hop-by-hop headers dropped, `x-forwarded-*` and `traceparent` set).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// The body sent upstream: the inspected bytes, or the client's body streamed through.
+pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+
+/// The pooled client to every backend.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// The address of the client on the other end of the connection (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Builds the upstream client: HTTP/1.1, keep-alive pool, TCP_NODELAY, connect timeout.
+pub fn client(connect_timeout: Duration, pool_idle: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(pool_idle)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Prepares a client's request headers for the backend.
+pub fn upstream_headers(
+    headers: &mut HeaderMap,
+    client: Option<SocketAddr>,
+    traceparent: &str,
+    body_len: Option<usize>,
+) {
+    strip_hop_by_hop(headers);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    if let Some(addr) = client {
+        let ip = addr.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(traceparent) {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
+    if let Some(len) = body_len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("weir.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        upstream_headers(
+            &mut h,
+            Some("127.0.0.2:5000".parse().unwrap()),
+            tp,
+            Some(42),
+        );
+        for gone in ["connection", "x-secret-hop", "keep-alive", "te", "host"] {
+            assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.2");
+        assert_eq!(h["x-forwarded-host"], "weir.example");
+        assert_eq!(h["traceparent"], tp);
+        assert_eq!(h["content-length"], "42");
+        assert_eq!(h["authorization"], "Bearer k");
+    }
+}

@@ -1,0 +1,97 @@
+//! A running gateway: binds the proxy and admin listeners, serves both, and shuts them
+//! down together (used by `weir`, `weir demo` and the tests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{self, AppState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::{admin, server};
+
+/// Handle on a gateway started with [`start`].
+pub struct Gateway {
+    /// Where the proxy listener is bound (the real port when the config said 0).
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Binds both listeners of a validated config and starts serving.
+pub async fn start(config: Config) -> std::io::Result<Gateway> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let admin_listener = TcpListener::bind(config.admin_listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let metrics = Metrics::new(config.known_models());
+    let grace = config.shutdown_grace;
+    let state = Arc::new(AppState::new(config, metrics));
+    let (stop, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let proxy = tokio::spawn(server::run(
+        listener,
+        app::service(state.clone()),
+        stopped(rx.clone()),
+        grace,
+    ));
+    let admin = tokio::spawn(server::run(
+        admin_listener,
+        admin::service(state.clone()),
+        stopped(rx),
+        grace,
+    ));
+    tracing::info!(%addr, %admin_addr, backends = state.backends.all().len(), "weir is serving");
+    Ok(Gateway {
+        addr,
+        admin_addr,
+        state,
+        stop,
+        tasks: vec![proxy, admin],
+    })
+}
+
+impl Gateway {
+    /// Stops accepting, waits for open requests up to the configured grace period.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "server ended with an error"),
+                Err(e) => tracing::error!(error = %e, "server task failed"),
+            }
+        }
+        tracing::info!("weir stopped");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

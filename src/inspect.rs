@@ -1,0 +1,211 @@
+//! Inspection: reads a measured request's JSON body once (model, stream, max_tokens, n) and,
+//! for a streamed generation, asks the backend for usage (`stream_options.include_usage`).
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::error::GatewayError;
+
+/// What the gateway learnt from a request body, and the body to send upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspected {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+    /// Choices per request (`n`), at least 1.
+    pub n: u32,
+    /// The gateway added `include_usage` the client did not ask for: the usage-only chunk
+    /// must be removed from what the client receives.
+    pub strip_usage: bool,
+    /// The body to send upstream (the client's own bytes unless usage was injected).
+    pub body: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Inspects a generation (`inject` = streamed requests may get `include_usage`) or another
+/// JSON request (only the model is read). Invalid JSON is refused; valid JSON of an
+/// unexpected shape is passed on untouched for the backend to judge.
+pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
+    let head = match serde_json::from_slice::<Head<'_>>(&body) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Err(e) = serde_json::from_slice::<IgnoredAny>(&body) {
+                return Err(GatewayError::InvalidJson(e.to_string()));
+            }
+            tracing::debug!(error = %e, "request body of unexpected shape, passed on as is");
+            return Ok(Inspected {
+                model: None,
+                stream: false,
+                max_tokens: None,
+                n: 1,
+                strip_usage: false,
+                body,
+            });
+        }
+    };
+    let stream = head.stream.unwrap_or(false);
+    let wants_usage = head
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let model = head.model.map(Cow::into_owned);
+    let max_tokens = head
+        .max_completion_tokens
+        .or(head.max_tokens)
+        .and_then(|v| u64::try_from(v).ok());
+    let n = head
+        .n
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(1)
+        .max(1);
+    let has_options = head.stream_options.is_some();
+    let strip_usage = inject && stream && !wants_usage;
+    let body = if !strip_usage {
+        body
+    } else if has_options {
+        rewrite_options(&body)?
+    } else {
+        splice_options(&body)
+    };
+    Ok(Inspected {
+        model,
+        stream,
+        max_tokens,
+        n,
+        strip_usage,
+        body,
+    })
+}
+
+/// Adds `"stream_options":{"include_usage":true}` before the object's closing brace,
+/// leaving every byte the client sent in place.
+fn splice_options(body: &[u8]) -> Bytes {
+    const ADD: &[u8] = br#","stream_options":{"include_usage":true}"#;
+    let close = body.iter().rposition(|&b| b == b'}').unwrap_or(body.len());
+    let mut out = BytesMut::with_capacity(body.len() + ADD.len());
+    out.extend_from_slice(&body[..close]);
+    out.extend_from_slice(ADD);
+    out.extend_from_slice(&body[close..]);
+    out.freeze()
+}
+
+/// The client sent `stream_options` without `include_usage: true`: set it, and turn off
+/// `continuous_usage_stats` (vLLM only honours it with include_usage, so the client would
+/// not have seen it).
+fn rewrite_options(body: &[u8]) -> Result<Bytes, GatewayError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let opts = v
+        .get_mut("stream_options")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| GatewayError::BadRequest("`stream_options` must be an object".into()))?;
+    opts.insert("include_usage".into(), true.into());
+    if opts.contains_key("continuous_usage_stats") {
+        opts.insert("continuous_usage_stats".into(), false.into());
+    }
+    Ok(Bytes::from(v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn injects_usage_into_streamed_generations_only() {
+        let b = Bytes::from_static(br#"{"model":"m","stream":true,"max_tokens":7,"messages":[]} "#);
+        let i = inspect(b.clone(), true).unwrap();
+        assert!(i.strip_usage && i.stream);
+        assert_eq!(i.model.as_deref(), Some("m"));
+        assert_eq!(i.max_tokens, Some(7));
+        assert_eq!(json(&i.body)["stream_options"]["include_usage"], true);
+        assert!(
+            i.body
+                .starts_with(br#"{"model":"m","stream":true,"max_tokens":7,"messages":[]"#)
+        );
+
+        let i = inspect(b.clone(), false).unwrap();
+        assert!(!i.strip_usage);
+        assert_eq!(i.body, b);
+
+        let not_streamed = Bytes::from_static(br#"{"model":"m","prompt":"x"}"#);
+        let i = inspect(not_streamed.clone(), true).unwrap();
+        assert_eq!(i.body, not_streamed);
+    }
+
+    #[test]
+    fn client_that_asked_for_usage_is_untouched() {
+        let b = Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#,
+        );
+        let i = inspect(b.clone(), true).unwrap();
+        assert!(!i.strip_usage);
+        assert_eq!(i.body, b);
+    }
+
+    #[test]
+    fn existing_options_are_rewritten() {
+        let b = Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true},"n":2}"#,
+        );
+        let i = inspect(b, true).unwrap();
+        assert!(i.strip_usage);
+        assert_eq!(i.n, 2);
+        let v = json(&i.body);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["continuous_usage_stats"], false);
+        // Key order is kept.
+        assert!(
+            i.body
+                .starts_with(br#"{"model":"m","stream":true,"stream_options""#)
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_refused_but_odd_shapes_pass() {
+        let e = inspect(Bytes::from_static(b"{\"model\": "), true).unwrap_err();
+        assert!(matches!(e, GatewayError::InvalidJson(_)));
+        let odd = Bytes::from_static(br#"{"model":5,"stream":"yes"}"#);
+        let i = inspect(odd.clone(), true).unwrap();
+        assert_eq!(i.body, odd);
+        assert_eq!(i.model, None);
+        assert!(!i.strip_usage);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_negatives_are_ignored() {
+        let b = Bytes::from_static(br#"{"max_tokens":5,"max_completion_tokens":9}"#);
+        assert_eq!(inspect(b, true).unwrap().max_tokens, Some(9));
+        let b = Bytes::from_static(br#"{"max_tokens":-1,"n":0}"#);
+        let i = inspect(b, true).unwrap();
+        assert_eq!((i.max_tokens, i.n), (None, 1));
+    }
+}

@@ -1,0 +1,150 @@
+//! The `weir` command line: parses arguments and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir::config::{BackendConfig, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "A reverse proxy for vLLM that measures TTFT, ITL, TPOT and usage in-band"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct GatewayArgs {
+    /// TOML config file (see config/weir.toml); flags override it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Proxy listener address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener address (/metrics, /healthz, /readyz, /backends).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Backend base URL; repeat for several (replaces the file's backends).
+    #[arg(long = "backend", value_name = "URL")]
+    backends: Vec<String>,
+    /// Model name to label metrics with; repeat for several (added to the file's).
+    #[arg(long = "model", value_name = "NAME")]
+    models: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the vLLM simulator.
+    Sim(weir::sim::SimConfig),
+    /// Run the simulator and the gateway in one process with a short load, then summarise.
+    Demo(weir::demo::DemoArgs),
+    /// Validate a config file.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} backend(s), {} model label(s))",
+                    config.display(),
+                    c.backends.len(),
+                    c.known_models().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Sim(sim)) => {
+            weir::telemetry::init_logging("info");
+            run(async move {
+                let listener = tokio::net::TcpListener::bind(sim.listen).await?;
+                tracing::info!(addr = %listener.local_addr()?, model = %sim.model, "simulator serving");
+                weir::sim::serve(listener, sim, weir::gateway::shutdown_signal()).await
+            })
+        }
+        Some(Command::Demo(args)) => {
+            weir::telemetry::init_logging("warn");
+            run(weir::demo::run(args))
+        }
+        None => {
+            let config = match gateway_config(cli.gateway) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            weir::telemetry::init_logging("info");
+            run(async move {
+                let gw = weir::gateway::start(config).await?;
+                weir::gateway::shutdown_signal().await;
+                gw.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn gateway_config(args: GatewayArgs) -> Result<Config, weir::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        config.admin_listen = l;
+    }
+    if !args.backends.is_empty() {
+        config.backends = args
+            .backends
+            .into_iter()
+            .map(|url| BackendConfig {
+                name: String::new(),
+                url,
+                models: Vec::new(),
+            })
+            .collect();
+    }
+    config.models.extend(args.models);
+    config.normalise();
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The Prometheus series of DESIGN.md's contract: built once in one `Metrics`, cloned into
+//! the layers, rendered by the admin listener. Label values come only from the config.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The label value for models not named in the config.
+pub const OTHER: &str = "other";
+
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+];
+pub const TPOT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84,
+    327.68,
+];
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+];
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1,
+];
+
+const MODEL: &str = "gen_ai_request_model";
+const OPERATION: &str = "gen_ai_operation_name";
+const BACKEND: &str = "backend";
+const TOKEN_TYPE: &str = "gen_ai_token_type";
+
+/// The operation a request performs, from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Chat,
+    TextCompletion,
+    Embeddings,
+    Other,
+}
+
+impl Operation {
+    pub fn from_path(path: &str) -> Operation {
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Operation::Chat,
+            "/v1/completions" => Operation::TextCompletion,
+            "/v1/embeddings" => Operation::Embeddings,
+            _ => Operation::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::TextCompletion => "text_completion",
+            Operation::Embeddings => "embeddings",
+            Operation::Other => "other",
+        }
+    }
+
+    /// Chat and completions are generations: their bodies are parsed for tokens.
+    pub fn is_generation(self) -> bool {
+        matches!(self, Operation::Chat | Operation::TextCompletion)
+    }
+}
+
+/// Closed set of `weir_errors_total{kind}` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Upstream5xx,
+    StreamError,
+    Protocol,
+    BodyTooLarge,
+    BadRequest,
+    Unauthorized,
+    NoBackend,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Connect,
+        ErrorKind::Upstream5xx,
+        ErrorKind::StreamError,
+        ErrorKind::Protocol,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::NoBackend,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Upstream5xx => "upstream_5xx",
+            ErrorKind::StreamError => "stream_error",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::NoBackend => "no_backend",
+        }
+    }
+}
+
+/// Closed set of `weir_timeouts_total{kind}` values.
+pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];
+
+/// All series, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("models", &self.inner.models)
+            .finish()
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    models: Vec<String>,
+    ttft: HistogramVec,
+    tpot: HistogramVec,
+    itl: HistogramVec,
+    duration: HistogramVec,
+    token_usage: HistogramVec,
+    upstream_ttft: HistogramVec,
+    overhead: HistogramVec,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    timeouts: IntCounterVec,
+    tokens: IntCounterVec,
+    in_flight: IntGauge,
+    backend_up: IntGaugeVec,
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+}
+
+type SeriesKey = (usize, Operation, Arc<str>);
+
+/// The label-resolved series of one (model, operation, backend): looked up once per
+/// request so that per-token observations are a plain atomic update.
+pub struct Series {
+    pub ttft: Histogram,
+    pub tpot: Histogram,
+    pub itl: Histogram,
+    pub upstream_ttft: Histogram,
+    pub overhead: Histogram,
+    pub input_tokens: Histogram,
+    pub output_tokens: Histogram,
+    pub input_tokens_total: IntCounter,
+    pub output_tokens_total: IntCounter,
+    labels: [String; 3],
+    duration: HistogramVec,
+    requests: IntCounterVec,
+}
+
+impl Series {
+    /// `gen_ai_server_request_duration_seconds{outcome}`.
+    pub fn observe_duration(&self, outcome: &str, seconds: f64) {
+        let [m, o, b] = &self.labels;
+        self.duration
+            .with_label_values(&[m.as_str(), o, b, outcome])
+            .observe(seconds);
+    }
+
+    /// `weir_requests_total{outcome, code}`.
+    pub fn count_request(&self, outcome: &str, code: &str) {
+        let [m, o, b] = &self.labels;
+        self.requests
+            .with_label_values(&[m.as_str(), o, b, outcome, code])
+            .inc();
+    }
+
+    /// The model label value.
+    pub fn model(&self) -> &str {
+        &self.labels[0]
+    }
+}
+
+fn hist(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("static histogram definition")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition")
+}
+
+impl Metrics {
+    /// Builds every series; `models` are the model names that get their own label value.
+    pub fn new(models: Vec<String>) -> Metrics {
+        let common = [MODEL, OPERATION, BACKEND];
+        let with = |extra: &'static str| [MODEL, OPERATION, BACKEND, extra];
+        let inner = Inner {
+            registry: Registry::new(),
+            models,
+            ttft: hist(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time from the request head to the first content-bearing event sent to the client.",
+                TTFT_BUCKETS,
+                &common,
+            ),
+            tpot: hist(
+                "gen_ai_server_time_per_output_token_seconds",
+                "Per request: (e2e - TTFT) / (output tokens - 1).",
+                TPOT_BUCKETS,
+                &common,
+            ),
+            itl: hist(
+                "weir_inter_token_latency_seconds",
+                "Gap between successive content-bearing events of a request (one sample per gap).",
+                TPOT_BUCKETS,
+                &common,
+            ),
+            duration: hist(
+                "gen_ai_server_request_duration_seconds",
+                "Time from the request head to the end of the response body.",
+                DURATION_BUCKETS,
+                &with("outcome"),
+            ),
+            token_usage: hist(
+                "gen_ai_client_token_usage",
+                "Tokens per request, as reported by the backend (or estimated).",
+                TOKEN_BUCKETS,
+                &with(TOKEN_TYPE),
+            ),
+            upstream_ttft: hist(
+                "weir_upstream_time_to_first_token_seconds",
+                "Time from sending the request upstream to the first content-bearing event received.",
+                TTFT_BUCKETS,
+                &common,
+            ),
+            overhead: hist(
+                "weir_gateway_overhead_seconds",
+                "TTFT minus upstream TTFT: what the gateway added before the first token.",
+                OVERHEAD_BUCKETS,
+                &common,
+            ),
+            requests: counter(
+                "weir_requests_total",
+                "Finished requests by outcome and HTTP status class.",
+                &[MODEL, OPERATION, BACKEND, "outcome", "code"],
+            ),
+            errors: counter("weir_errors_total", "Errors by kind.", &["kind"]),
+            timeouts: counter("weir_timeouts_total", "Timeouts by kind.", &["kind"]),
+            tokens: counter(
+                "weir_tokens_total",
+                "Tokens processed, by type.",
+                &with(TOKEN_TYPE),
+            ),
+            in_flight: IntGauge::new("weir_requests_in_flight", "Requests not finished yet.")
+                .expect("static gauge definition"),
+            backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "weir_backend_up",
+                    "1 when the backend is usable, 0 when not.",
+                ),
+                &[BACKEND],
+            )
+            .expect("static gauge definition"),
+            series: RwLock::new(HashMap::new()),
+        };
+        let r = &inner.registry;
+        for c in [
+            &inner.ttft,
+            &inner.tpot,
+            &inner.itl,
+            &inner.duration,
+            &inner.token_usage,
+            &inner.upstream_ttft,
+            &inner.overhead,
+        ] {
+            r.register(Box::new(c.clone()))
+                .expect("unique metric names");
+        }
+        for c in [
+            &inner.requests,
+            &inner.errors,
+            &inner.timeouts,
+            &inner.tokens,
+        ] {
+            r.register(Box::new(c.clone()))
+                .expect("unique metric names");
+        }
+        r.register(Box::new(inner.in_flight.clone()))
+            .expect("unique metric names");
+        r.register(Box::new(inner.backend_up.clone()))
+            .expect("unique metric names");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric names");
+        // Closed label sets are exported from the start, so rates and ratios have a zero.
+        for k in ErrorKind::ALL {
+            inner.errors.with_label_values(&[k.as_str()]);
+        }
+        for k in TIMEOUT_KINDS {
+            inner.timeouts.with_label_values(&[k]);
+        }
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The label value for a requested model: itself when configured, `other` otherwise.
+    pub fn model_index(&self, model: Option<&str>) -> usize {
+        let models = &self.inner.models;
+        model
+            .and_then(|m| models.iter().position(|k| k == m))
+            .unwrap_or(models.len())
+    }
+
+    /// The series of one (model, operation, backend), created on first use.
+    pub fn series(&self, model: usize, op: Operation, backend: &Arc<str>) -> Arc<Series> {
+        let key = (model, op, backend.clone());
+        if let Some(s) = self
+            .inner
+            .series
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return s;
+        }
+        let i = &self.inner;
+        let model_label = i.models.get(model).map_or(OTHER, String::as_str);
+        let l = [model_label, op.as_str(), backend];
+        let t = |x: &'static str| [model_label, op.as_str(), backend, x];
+        let s = Arc::new(Series {
+            ttft: i.ttft.with_label_values(&l),
+            tpot: i.tpot.with_label_values(&l),
+            itl: i.itl.with_label_values(&l),
+            upstream_ttft: i.upstream_ttft.with_label_values(&l),
+            overhead: i.overhead.with_label_values(&l),
+            input_tokens: i.token_usage.with_label_values(&t("input")),
+            output_tokens: i.token_usage.with_label_values(&t("output")),
+            input_tokens_total: i.tokens.with_label_values(&t("input")),
+            output_tokens_total: i.tokens.with_label_values(&t("output")),
+            labels: l.map(str::to_string),
+            duration: i.duration.clone(),
+            requests: i.requests.clone(),
+        });
+        if let Ok(mut m) = self.inner.series.write() {
+            m.entry(key).or_insert_with(|| s.clone());
+        }
+        s
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.inner.errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub fn timeout(&self, kind: &str) {
+        self.inner.timeouts.with_label_values(&[kind]).inc();
+    }
+
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.inner.in_flight
+    }
+
+    pub fn set_backend_up(&self, backend: &str, up: bool) {
+        self.inner
+            .backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(up));
+    }
+
+    /// The registry, for readers inside the process (the demo's summary).
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Prometheus text exposition of every series.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.inner.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_models_are_other_and_series_are_cached() {
+        let m = Metrics::new(vec!["a".into(), "b".into()]);
+        assert_eq!(m.model_index(Some("b")), 1);
+        assert_eq!(m.model_index(Some("zzz")), 2);
+        assert_eq!(m.model_index(None), 2);
+        let be: Arc<str> = "be".into();
+        let s = m.series(2, Operation::Chat, &be);
+        assert_eq!(s.model(), OTHER);
+        assert!(Arc::ptr_eq(&s, &m.series(2, Operation::Chat, &be)));
+        s.ttft.observe(0.2);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            "gen_ai_server_time_to_first_token_seconds_bucket{backend=\"be\",gen_ai_operation_name=\"chat\",gen_ai_request_model=\"other\",le=\"0.2\"} 1"
+        ), "{text}");
+        assert!(text.contains("weir_errors_total{kind=\"no_backend\"} 0"));
+        assert!(text.contains("weir_timeouts_total{kind=\"first_token\"} 0"));
+    }
+}

@@ -1,0 +1,463 @@
+//! The response body wrapper: passes every frame on as it comes (no copy, no channel), feeds
+//! the SSE parser on the way, and finishes the measurement exactly once — at the end of the
+//! body, on an upstream error, or in `Drop` when the client went away (`cancelled`).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::sse::{self, SseParser};
+use super::{Exchange, Measurement, Outcome, record};
+use crate::metrics::ErrorKind;
+
+/// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
+/// unmeasured.
+const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+pin_project! {
+    /// A response body under observation.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        observer: Option<Box<Observer>>,
+        // Bytes held back by usage stripping were flushed after the inner body ended.
+        ended: bool,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(obs) = this.project().observer.take() {
+                let outcome = if obs.meas.done { obs.final_outcome() } else { Outcome::Cancelled };
+                obs.finish(outcome);
+            }
+        }
+    }
+}
+
+/// How the body is read.
+enum Mode {
+    /// An event stream: parsed event by event.
+    Sse {
+        parser: SseParser,
+        strip: Option<Strip>,
+    },
+    /// A JSON body: frames kept by reference, parsed once at the end.
+    Json { frames: Vec<Bytes>, len: usize },
+    /// Anything else: only timed.
+    Plain,
+}
+
+/// The observer's state, finished exactly once.
+pub struct Observer {
+    ex: Exchange,
+    meas: Measurement,
+    mode: Mode,
+}
+
+impl<B> ObservedBody<B> {
+    /// Wraps `inner`; `content_type` of the response decides how it is parsed.
+    pub fn new(inner: B, ex: Exchange, content_type: Option<&[u8]>) -> Self {
+        let is = |p: &[u8]| {
+            content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))
+        };
+        let mode = if ex.operation.is_generation() && is(b"text/event-stream") {
+            let strip = ex.strip_usage.then(|| Strip::new(ex.n));
+            Mode::Sse {
+                parser: SseParser::default(),
+                strip,
+            }
+        } else if ex.operation != crate::metrics::Operation::Other && is(b"application/json") {
+            Mode::Json {
+                frames: Vec::new(),
+                len: 0,
+            }
+        } else {
+            Mode::Plain
+        };
+        ObservedBody {
+            inner,
+            observer: Some(Box::new(Observer {
+                ex,
+                meas: Measurement::default(),
+                mode,
+            })),
+            ended: false,
+        }
+    }
+}
+
+impl Observer {
+    /// Takes in one data frame; returns what goes to the client (None: nothing yet).
+    fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let Observer { ex, meas, mode } = self;
+        match mode {
+            Mode::Plain => Some(chunk),
+            Mode::Json { frames, len } => {
+                *len += chunk.len();
+                if *len <= MAX_JSON_BODY {
+                    frames.push(chunk.clone());
+                } else {
+                    frames.clear();
+                }
+                Some(chunk)
+            }
+            Mode::Sse { parser, strip } => {
+                let now = Instant::now();
+                let base = parser.offset();
+                let series = &ex.series;
+                let mut actions = Vec::new();
+                let holding = strip.as_ref().is_some_and(|s| s.held.is_some());
+                parser.feed(&chunk, |e| {
+                    let info = sse::classify(e.data);
+                    meas.on_event(&info, now, series);
+                    if let Some(s) = strip.as_mut() {
+                        s.decide(&e, &info, holding, &mut actions);
+                    }
+                });
+                meas.degraded |= parser.degraded;
+                match strip {
+                    None => Some(chunk),
+                    Some(s) => {
+                        let out = s.apply(chunk, base, parser.release_limit(), actions);
+                        if s.pending.len() > 2 * sse::DEFAULT_MAX_LINE {
+                            // An event too long to hold: give up stripping, lose nothing.
+                            meas.degraded = true;
+                            let rest = s.flush();
+                            *strip = None;
+                            return join(out, rest);
+                        }
+                        out
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body ended: bytes still held back, if any.
+    fn flush(&mut self) -> Option<Bytes> {
+        match &mut self.mode {
+            Mode::Sse { strip: Some(s), .. } => s.flush(),
+            _ => None,
+        }
+    }
+
+    /// The outcome of a body that ended cleanly.
+    fn final_outcome(&self) -> Outcome {
+        let base = Outcome::from_status(self.ex.status);
+        match &self.mode {
+            Mode::Sse { .. }
+                if base == Outcome::Ok && (self.meas.stream_error || !self.meas.done) =>
+            {
+                Outcome::UpstreamError
+            }
+            _ => base,
+        }
+    }
+
+    fn finish(mut self: Box<Self>, outcome: Outcome) {
+        let end = Instant::now();
+        if let Mode::Json { frames, .. } = &mut self.mode {
+            let body = match frames.len() {
+                0 => Bytes::new(),
+                1 => frames[0].clone(),
+                _ => frames.iter().flat_map(|b| b.iter().copied()).collect(),
+            };
+            if !body.is_empty() {
+                let info = sse::classify(&body);
+                self.meas.usage = info.usage;
+                self.meas.response_model = info.model.map(|m| m.into_owned());
+                self.meas.finish_reasons = info
+                    .finished
+                    .into_iter()
+                    .map(|(_, r)| r.into_owned())
+                    .collect();
+            }
+        }
+        let metrics = &self.ex.metrics;
+        if outcome == Outcome::UpstreamError && self.ex.status.is_success() {
+            if self.meas.stream_error {
+                metrics.error(ErrorKind::StreamError);
+            } else {
+                metrics.error(ErrorKind::Protocol);
+            }
+        } else if self.meas.invalid_events > 0 {
+            metrics.error(ErrorKind::Protocol);
+        }
+        record(&self.ex, &self.meas, outcome, end);
+    }
+}
+
+fn join(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let mut m = BytesMut::with_capacity(a.len() + b.len());
+            m.extend_from_slice(&a);
+            m.extend_from_slice(&b);
+            Some(m.freeze())
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = ready!(this.inner.as_mut().poll_frame(cx));
+            let Some(obs) = this.observer.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => obs.on_data(data),
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    if this.inner.is_end_stream() {
+                        // The peer said this was the last frame: hyper may not poll again.
+                        let rest = obs.flush();
+                        let obs = this.observer.take().expect("observer present");
+                        let outcome = obs.final_outcome();
+                        obs.finish(outcome);
+                        *this.ended = true;
+                        if let Some(b) = join(frame, rest) {
+                            return Poll::Ready(Some(Ok(Frame::data(b))));
+                        }
+                        return Poll::Ready(None);
+                    }
+                    if let Some(b) = frame {
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                }
+                Some(Err(e)) => {
+                    // The upstream body broke mid-way (reset, truncated chunk).
+                    let mut obs = this.observer.take().expect("observer present");
+                    obs.meas.stream_error = true;
+                    obs.finish(Outcome::UpstreamError);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    let rest = obs.flush();
+                    let obs = this.observer.take().expect("observer present");
+                    let outcome = obs.final_outcome();
+                    obs.finish(outcome);
+                    *this.ended = true;
+                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+            || (self.observer.as_ref().is_none_or(|o| !o.holds_bytes())
+                && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.observer.as_deref() {
+            Some(Observer {
+                mode: Mode::Sse { strip: Some(_), .. },
+                ..
+            }) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Observer {
+    fn holds_bytes(&self) -> bool {
+        matches!(&self.mode, Mode::Sse { strip: Some(s), .. } if !s.pending.is_empty())
+    }
+}
+
+/// A decision about one event while stripping the injected usage chunk.
+#[derive(Debug)]
+enum Action {
+    /// Remove this usage-only event; its `system_fingerprint` moves to the held finish event.
+    Cut {
+        start: u64,
+        end: u64,
+        fingerprint: Option<String>,
+    },
+    /// The last choice finished here: hold the event until we know what follows.
+    Hold { start: u64, end: u64 },
+    /// Any other event while holding: release what is held, unchanged.
+    Release { start: u64 },
+}
+
+/// Removes the usage-only chunk the gateway asked for, so the client gets the bytes the
+/// backend would have sent without it. vLLM puts `system_fingerprint` on the last chunk
+/// before `[DONE]`, so when the usage chunk goes, its fingerprint moves to the finish chunk.
+///
+/// Only whole events are released while stripping; in the usual case (a frame of whole
+/// events, nothing to remove) the frame goes on as it came, without a copy.
+struct Strip {
+    n: u32,
+    finished: Vec<u32>,
+    /// Bytes received and not yet released, starting at stream offset `pending_start`.
+    pending: BytesMut,
+    pending_start: u64,
+    /// Everything before this offset is released or removed.
+    cursor: u64,
+    /// The finish event being held back.
+    held: Option<(u64, u64)>,
+}
+
+impl Strip {
+    fn new(n: u32) -> Strip {
+        Strip {
+            n,
+            finished: Vec::new(),
+            pending: BytesMut::new(),
+            pending_start: 0,
+            cursor: 0,
+            held: None,
+        }
+    }
+
+    fn decide(
+        &mut self,
+        e: &sse::Event<'_>,
+        info: &sse::EventInfo<'_>,
+        holding: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let holding = holding || out.iter().any(|a| matches!(a, Action::Hold { .. }));
+        if info.usage_only && !info.content {
+            let fingerprint = info.system_fingerprint.as_deref().map(str::to_string);
+            out.push(Action::Cut {
+                start: e.start,
+                end: e.end,
+                fingerprint,
+            });
+            return;
+        }
+        if holding {
+            out.push(Action::Release { start: e.start });
+        }
+        for (index, _) in &info.finished {
+            if !self.finished.contains(index) {
+                self.finished.push(*index);
+            }
+        }
+        if !info.finished.is_empty()
+            && self.finished.len() >= self.n as usize
+            && info.system_fingerprint.is_none()
+        {
+            out.push(Action::Hold {
+                start: e.start,
+                end: e.end,
+            });
+        }
+    }
+
+    /// Applies this frame's decisions; `limit` is where the last complete event ends.
+    fn apply(
+        &mut self,
+        chunk: Bytes,
+        base: u64,
+        limit: u64,
+        actions: Vec<Action>,
+    ) -> Option<Bytes> {
+        let frame_end = base + chunk.len() as u64;
+        if actions.is_empty()
+            && self.pending.is_empty()
+            && self.held.is_none()
+            && limit == frame_end
+        {
+            self.cursor = frame_end;
+            self.pending_start = frame_end;
+            return Some(chunk);
+        }
+        if self.pending.is_empty() {
+            self.pending_start = base;
+        }
+        self.pending.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        for a in actions {
+            match a {
+                Action::Cut {
+                    start,
+                    end,
+                    fingerprint,
+                } => {
+                    if let Some((hs, he)) = self.held.take() {
+                        self.emit_finish(&mut out, hs, he, fingerprint.as_deref());
+                        self.cursor = he;
+                    }
+                    self.emit(&mut out, start);
+                    self.cursor = end;
+                }
+                Action::Hold { start, end } => {
+                    self.emit(&mut out, start);
+                    self.held = Some((start, end));
+                }
+                Action::Release { start } => {
+                    self.held = None;
+                    self.emit(&mut out, start);
+                }
+            }
+        }
+        if self.held.is_none() {
+            self.emit(&mut out, limit.max(self.cursor));
+        }
+        self.pending
+            .advance((self.cursor - self.pending_start) as usize);
+        self.pending_start = self.cursor;
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    /// Releases pending bytes up to stream offset `to`.
+    fn emit(&mut self, out: &mut BytesMut, to: u64) {
+        if to > self.cursor {
+            let a = (self.cursor - self.pending_start) as usize;
+            let b = (to - self.pending_start) as usize;
+            out.extend_from_slice(&self.pending[a..b]);
+            self.cursor = to;
+        }
+    }
+
+    /// Releases the held finish event with the usage chunk's fingerprint added.
+    fn emit_finish(&mut self, out: &mut BytesMut, start: u64, end: u64, fingerprint: Option<&str>) {
+        self.emit(out, start);
+        let a = (start - self.pending_start) as usize;
+        let b = (end - self.pending_start) as usize;
+        let event = &self.pending[a..b];
+        match (fingerprint, event.iter().rposition(|&c| c == b'}')) {
+            (Some(fp), Some(close)) => {
+                out.extend_from_slice(&event[..close]);
+                out.extend_from_slice(b",\"system_fingerprint\":");
+                out.extend_from_slice(serde_json::Value::from(fp).to_string().as_bytes());
+                out.extend_from_slice(&event[close..]);
+            }
+            _ => out.extend_from_slice(event),
+        }
+        self.cursor = end;
+    }
+
+    /// The stream ended: release everything.
+    fn flush(&mut self) -> Option<Bytes> {
+        self.held = None;
+        let out = self.pending.split().freeze();
+        self.cursor = self.pending_start + out.len() as u64;
+        self.pending_start = self.cursor;
+        (!out.is_empty()).then_some(out)
+    }
+}
