@@ -187,7 +187,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if self.listen == self.admin_listen {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("admin_listen".into(), "must differ from `listen`"));
         }
         Ok(())

@@ -1,15 +1,224 @@
-//! The vLLM simulator (placeholder until the real module lands).
+//! `weir sim`: a fast fake vLLM 0.32 OpenAI-compatible server for tests, demos and benchmarks.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics`. Responses copy vLLM 0.32's framing,
+//! JSON key order, null fields, content types and error bodies.
+//!
+//! Behaviour worth knowing:
+//! - Only `n = 1` is supported; `n > 1` is answered with a 400 `BadRequestError` (param `n`).
+//! - Without `max_tokens`/`max_completion_tokens`, chat generates at most
+//!   `min(64, max_model_len - prompt_tokens)` tokens and completions at most
+//!   `min(16, max_model_len - prompt_tokens)` (vLLM's completions default).
+//!   `prompt_tokens + max_tokens > max_model_len` caps the output, as vLLM does.
+//! - Output length: `ignore_eos: true` gives exactly `max_tokens` tokens (`"length"`); otherwise a
+//!   length in `1..=max_tokens` drawn from the request seed, ending with an EOS token (empty text,
+//!   `"stop"`) when shorter than `max_tokens`.
+//! - The seed is a hash of the `x-request-id` header (random without one): it fixes the response
+//!   id, the text and the length, so equal requests with equal ids get identical bytes when
+//!   `fixed_created` is set.
+//! - Per-request overrides: `x-sim-ttft-ms`, `x-sim-itl-ms` (milliseconds, fractions allowed) and
+//!   `x-sim-fault` (see [`Fault`]); an invalid value is answered with a 400.
+//! - Only a single prompt per completions request is supported (a batch is a 400).
+
+mod handlers;
+mod metrics;
+mod render;
+mod request;
+mod stream;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+/// Configuration of the simulator; also the command-line arguments of `weir sim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimConfig {
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8000")]
-    pub listen: std::net::SocketAddr,
+    pub listen: SocketAddr,
+    /// Served model name (the only name requests may use).
     #[arg(long, default_value = "tiny-llama")]
     pub model: String,
+    /// Context length: prompt plus output tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_model_len: u32,
+    /// Time to first token, counted from admission (e.g. "20ms").
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub ttft: Duration,
+    /// Uniform random extra time added to each TTFT (0 to this).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub ttft_jitter: Duration,
+    /// Inter-token latency: the delay between two output tokens.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub itl: Duration,
+    /// Uniform random extra time added to each inter-token delay (0 to this).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub itl_jitter: Duration,
+    /// Concurrent generations; more requests wait in a queue (vllm:num_requests_waiting).
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Fraction (0 to 1) of generation requests answered with HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Fault applied to every generation request: http=CODE, error-event=N, close=N or stall=N.
+    #[arg(long)]
+    pub fault: Option<Fault>,
+    /// If set, every "created" field carries this value (for byte comparisons).
+    #[arg(long)]
+    pub fixed_created: Option<u64>,
 }
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            model: "tiny-llama".to_owned(),
+            max_model_len: 512,
+            ttft: Duration::from_millis(20),
+            ttft_jitter: Duration::ZERO,
+            itl: Duration::from_millis(10),
+            itl_jitter: Duration::ZERO,
+            max_num_seqs: 256,
+            error_rate: 0.0,
+            fault: None,
+            fixed_created: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The defaults with no delays at all: for tests that only care about bytes.
+    pub fn fast() -> Self {
+        Self {
+            ttft: Duration::ZERO,
+            itl: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+}
+
+/// A fault injected into a generation request (`--fault` or the `x-sim-fault` header).
+///
+/// Syntax: `http=CODE` (answer with that status, 400..=599, and an OpenAI error body),
+/// `error-event=N` (after N content tokens send vLLM's mid-stream error event, then `[DONE]`),
+/// `close=N` (after N content tokens abort the connection without ending the body),
+/// `stall=N` (after N content tokens send nothing more until the client goes away).
+/// N larger than the output length means "after the last token, before the usage chunk and
+/// `[DONE]`". Non-streamed requests get a 500 for `error-event`, a broken body for `close` and
+/// no answer for `stall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status.
+    Http(u16),
+    /// Send an error event after `after` content tokens.
+    ErrorEvent {
+        /// Content tokens sent first.
+        after: u32,
+    },
+    /// Abort the connection after `after` content tokens.
+    Close {
+        /// Content tokens sent first.
+        after: u32,
+    },
+    /// Stop sending after `after` content tokens.
+    Stall {
+        /// Content tokens sent first.
+        after: u32,
+    },
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || {
+            format!("invalid fault {s:?}: expected http=CODE, error-event=N, close=N or stall=N")
+        };
+        let (kind, value) = s.trim().split_once('=').ok_or_else(usage)?;
+        let value = value.trim();
+        match kind.trim() {
+            "http" => match value.parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => Ok(Fault::Http(code)),
+                _ => Err(format!(
+                    "invalid fault {s:?}: the status must be in 400..=599"
+                )),
+            },
+            kind => {
+                let after = value.parse::<u32>().map_err(|_| usage())?;
+                match kind {
+                    "error-event" => Ok(Fault::ErrorEvent { after }),
+                    "close" => Ok(Fault::Close { after }),
+                    "stall" => Ok(Fault::Stall { after }),
+                    _ => Err(usage()),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Http(code) => write!(f, "http={code}"),
+            Fault::ErrorEvent { after } => write!(f, "error-event={after}"),
+            Fault::Close { after } => write!(f, "close={after}"),
+            Fault::Stall { after } => write!(f, "stall={after}"),
+        }
+    }
+}
+
+/// Serve until `shutdown` resolves (graceful: in-flight streams may finish, stalled ones are cut).
+/// Speaks HTTP/1.1 and h2c on the same listener.
 pub async fn serve(
-    _listener: tokio::net::TcpListener,
-    _config: SimConfig,
-    _shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    listener: TcpListener,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sim = Arc::new(handlers::Sim::new(config).map_err(std::io::Error::other)?);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::debug!(%err, "sim: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Best effort: a failure only costs latency.
+        let _ = stream.set_nodelay(true);
+        let sim = sim.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let sim = sim.clone();
+            async move { Ok::<_, Infallible>(sim.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::trace!(%err, "sim: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    sim.begin_shutdown();
+    graceful.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,438 @@
+//! Routing and the endpoint handlers of the simulator.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::metrics::{self, Metrics, Reason};
+use super::render::{self, Chunks, Finish, Full};
+use super::request::{self, ApiError, Kind, Plan};
+use super::stream::{Generation, SimBody, Stream, Timing, Tracker, jitter, later};
+use super::{Fault, SimConfig};
+
+const JSON: &str = "application/json";
+const SSE: &str = "text/event-stream; charset=utf-8";
+/// Largest request body read.
+const MAX_BODY: usize = 32 * 1024 * 1024;
+/// Most inputs in one embeddings request.
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+const ENGINE_ERROR: &str =
+    "EngineCore encountered an issue. See stack trace (above) for the root cause.";
+
+/// State shared by every connection of one simulator instance.
+pub(crate) struct Sim {
+    pub cfg: SimConfig,
+    /// The model name as a JSON string literal.
+    pub model_json: String,
+    pub fingerprint: String,
+    pub semaphore: Arc<Semaphore>,
+    pub metrics: Metrics,
+    pub shutdown: Arc<Notify>,
+    pub stopping: AtomicBool,
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: SimBody,
+) -> Response<SimBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Some(ct) = content_type {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    resp
+}
+
+fn error(e: ApiError) -> Response<SimBody> {
+    respond(e.status, Some(JSON), SimBody::full(e.body))
+}
+
+fn detail(status: StatusCode) -> Response<SimBody> {
+    let body: &'static str = if status == StatusCode::NOT_FOUND {
+        r#"{"detail":"Not Found"}"#
+    } else {
+        r#"{"detail":"Method Not Allowed"}"#
+    };
+    respond(status, Some(JSON), SimBody::full(body))
+}
+
+/// An OpenAI-shaped error for an injected failure with this status.
+fn injected(code: u16, message: &str) -> Response<SimBody> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut kind: String = status
+        .canonical_reason()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    if !kind.ends_with("Error") {
+        kind.push_str("Error");
+    }
+    error(ApiError::openai(status, &kind, message, None))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn header_ms(headers: &HeaderMap, name: &str) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|ms| *ms >= 0.0)
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let message = format!("invalid {name} header: expected a number of milliseconds");
+            ApiError::openai(StatusCode::BAD_REQUEST, "BadRequestError", &message, None)
+        })
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::openai(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            "Request body too large",
+            None,
+        )),
+        Err(_) => Err(ApiError::openai(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "There was an error parsing the body",
+            None,
+        )),
+    }
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Result<Self, prometheus::Error> {
+        let metrics = Metrics::new(&cfg.model)?;
+        let model_json = request::json_str(&cfg.model);
+        let identity = format!("{}/{}", cfg.model, cfg.max_model_len);
+        let fingerprint = format!(
+            "vllm-0.32.0-{:08x}",
+            render::hash(identity.as_bytes()) as u32
+        );
+        let permits = cfg.max_num_seqs.clamp(1, Semaphore::MAX_PERMITS);
+        Ok(Self {
+            model_json,
+            fingerprint,
+            semaphore: Arc::new(Semaphore::new(permits)),
+            metrics,
+            shutdown: Arc::new(Notify::new()),
+            stopping: AtomicBool::new(false),
+            cfg,
+        })
+    }
+
+    /// Tells stalled generations to end: the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+    }
+
+    async fn until_shutdown(&self) {
+        let notified = self.shutdown.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if !self.stopping.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
+    fn created(&self) -> u64 {
+        self.cfg.fixed_created.unwrap_or_else(unix_now)
+    }
+
+    /// Routes one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<SimBody> {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        let post = *req.method() == Method::POST;
+        match req.uri().path() {
+            "/v1/chat/completions" if post => self.generate(Kind::Chat, req).await,
+            "/v1/completions" if post => self.generate(Kind::Completion, req).await,
+            "/v1/embeddings" if post => self.embeddings(req).await,
+            "/v1/models" if get => {
+                let created = self.created();
+                let perm = render::mix(render::hash(self.cfg.model.as_bytes()), created);
+                let body = render::models(&self.model_json, self.cfg.max_model_len, created, perm);
+                respond(StatusCode::OK, Some(JSON), SimBody::full(body))
+            }
+            "/health" if get => respond(StatusCode::OK, None, SimBody::full(Bytes::new())),
+            "/metrics" if get => {
+                let text = self.metrics.render(self.cfg.max_num_seqs);
+                respond(
+                    StatusCode::OK,
+                    Some(metrics::CONTENT_TYPE),
+                    SimBody::full(text),
+                )
+            }
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/models"
+            | "/health"
+            | "/metrics" => detail(StatusCode::METHOD_NOT_ALLOWED),
+            _ => detail(StatusCode::NOT_FOUND),
+        }
+    }
+
+    fn overrides(&self, headers: &HeaderMap) -> Result<(Timing, Option<Fault>), ApiError> {
+        let cfg = &self.cfg;
+        let timing = Timing {
+            ttft: header_ms(headers, "x-sim-ttft-ms")?.unwrap_or(cfg.ttft),
+            ttft_jitter: cfg.ttft_jitter,
+            itl: header_ms(headers, "x-sim-itl-ms")?.unwrap_or(cfg.itl),
+            itl_jitter: cfg.itl_jitter,
+        };
+        let fault = match headers.get("x-sim-fault") {
+            None => cfg.fault,
+            Some(value) => {
+                let parsed = value
+                    .to_str()
+                    .map_err(|e| e.to_string())
+                    .and_then(str::parse);
+                match parsed {
+                    Ok(fault) => Some(fault),
+                    Err(message) => {
+                        let message = format!("invalid x-sim-fault header: {message}");
+                        return Err(ApiError::openai(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequestError",
+                            &message,
+                            None,
+                        ));
+                    }
+                }
+            }
+        };
+        Ok((timing, fault))
+    }
+
+    async fn generate(self: Arc<Self>, kind: Kind, req: Request<Incoming>) -> Response<SimBody> {
+        let (parts, body) = req.into_parts();
+        let (timing, fault) = match self.overrides(&parts.headers) {
+            Ok(o) => o,
+            Err(e) => return error(e),
+        };
+        let raw = match read_body(body).await {
+            Ok(raw) => raw,
+            Err(e) => return error(e),
+        };
+        let plan = match request::parse(kind, &raw, &self.cfg.model, self.cfg.max_model_len) {
+            Ok(plan) => plan,
+            Err(e) => return error(e),
+        };
+        let seed = match parts.headers.get("x-request-id") {
+            Some(id) => render::hash(id.as_bytes()),
+            None => fastrand::u64(..),
+        };
+        if let Some(Fault::Http(code)) = fault {
+            self.metrics.finished(Reason::Error);
+            return injected(code, &format!("weir sim: injected HTTP {code} fault"));
+        }
+        // 53 random bits as a fraction in [0, 1).
+        let draw = (render::mix(seed, 4) >> 11) as f64 / (1u64 << 53) as f64;
+        if draw < self.cfg.error_rate {
+            self.metrics.finished(Reason::Error);
+            return injected(500, ENGINE_ERROR);
+        }
+        let max = plan.max_tokens.max(1);
+        let (tokens, finish) = if plan.ignore_eos {
+            (max, Finish::Length)
+        } else {
+            let n = 1 + (render::mix(seed, 2) % u64::from(max)) as u32;
+            (
+                n,
+                if n < max {
+                    Finish::Stop
+                } else {
+                    Finish::Length
+                },
+            )
+        };
+        let id_prefix = match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        };
+        let id = format!("{id_prefix}-{:016x}", render::mix(seed, 1));
+        let created = self.created();
+        let tracker = Tracker::new(self.clone());
+        if plan.stream {
+            let chunks = Chunks::new(
+                kind,
+                &id,
+                created,
+                &self.model_json,
+                plan.prompt_tokens,
+                plan.continuous_usage,
+            );
+            let generation = Generation {
+                chunks,
+                tokens,
+                finish,
+                include_usage: plan.include_usage,
+                fault,
+                timing,
+                prompt_tokens: plan.prompt_tokens,
+                seed,
+                chat: kind == Kind::Chat,
+            };
+            let stream = Stream::new(generation, tracker);
+            return respond(StatusCode::OK, Some(SSE), SimBody::Stream(Box::new(stream)));
+        }
+        let done = Done {
+            kind,
+            plan: &plan,
+            id: &id,
+            created,
+            seed,
+            tokens,
+            finish,
+        };
+        self.complete(tracker, &done, timing, fault).await
+    }
+
+    /// A non-streamed generation: answers once the whole output would have been generated.
+    async fn complete(
+        &self,
+        mut tracker: Tracker,
+        d: &Done<'_>,
+        timing: Timing,
+        fault: Option<Fault>,
+    ) -> Response<SimBody> {
+        let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
+            return injected(500, ENGINE_ERROR);
+        };
+        let admitted = Instant::now();
+        tracker.admit(permit, d.plan.prompt_tokens, admitted);
+        let mut rng = fastrand::Rng::with_seed(render::mix(d.seed, 5));
+        let first = later(
+            admitted,
+            timing
+                .ttft
+                .saturating_add(jitter(&mut rng, timing.ttft_jitter)),
+        );
+        let token_time = |count: u32, rng: &mut fastrand::Rng| {
+            let mut t = first;
+            for _ in 1..count {
+                t = later(t, timing.itl.saturating_add(jitter(rng, timing.itl_jitter)));
+            }
+            t
+        };
+        match fault {
+            Some(Fault::ErrorEvent { after }) => {
+                let produced = after.min(d.tokens);
+                tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
+                tracker.tokens(produced, first, timing.itl);
+                tracker.finish(Reason::Error);
+                return injected(500, ENGINE_ERROR);
+            }
+            Some(Fault::Close { after }) => {
+                let produced = after.min(d.tokens);
+                tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
+                tracker.tokens(produced, first, timing.itl);
+                tracker.finish(Reason::Error);
+                return respond(StatusCode::OK, Some(JSON), SimBody::Broken(false));
+            }
+            Some(Fault::Stall { .. }) => {
+                // No answer until the client leaves (abort) or the server stops.
+                self.until_shutdown().await;
+                return respond(StatusCode::OK, Some(JSON), SimBody::Broken(false));
+            }
+            Some(Fault::Http(_)) | None => {}
+        }
+        tokio::time::sleep_until(token_time(d.tokens, &mut rng)).await;
+        tracker.tokens(d.tokens, first, timing.itl);
+        let mut words = fastrand::Rng::with_seed(render::mix(d.seed, 3));
+        let mut text = String::with_capacity(d.tokens as usize * 8);
+        for index in 0..d.tokens {
+            text.push_str(render::token(&mut words, index, d.tokens, d.finish));
+        }
+        let body = render::full(&Full {
+            kind: d.kind,
+            id: d.id,
+            created: d.created,
+            model_json: &self.model_json,
+            text: &text,
+            finish: d.finish,
+            fingerprint: &self.fingerprint,
+            prompt_tokens: d.plan.prompt_tokens,
+            completion_tokens: d.tokens,
+        });
+        tracker.finish(match d.finish {
+            Finish::Stop => Reason::Stop,
+            Finish::Length => Reason::Length,
+        });
+        respond(StatusCode::OK, Some(JSON), SimBody::full(body))
+    }
+
+    async fn embeddings(self: Arc<Self>, req: Request<Incoming>) -> Response<SimBody> {
+        let (parts, body) = req.into_parts();
+        let (timing, _) = match self.overrides(&parts.headers) {
+            Ok(o) => o,
+            Err(e) => return error(e),
+        };
+        let raw = match read_body(body).await {
+            Ok(raw) => raw,
+            Err(e) => return error(e),
+        };
+        let (prompt_tokens, inputs) =
+            match request::parse_embeddings(&raw, &self.cfg.model, self.cfg.max_model_len) {
+                Ok(parsed) => parsed,
+                Err(e) => return error(e),
+            };
+        if inputs > MAX_EMBEDDING_INPUTS {
+            let message =
+                format!("weir sim embeds at most {MAX_EMBEDDING_INPUTS} inputs per request.");
+            return error(ApiError::openai(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                &message,
+                Some("input"),
+            ));
+        }
+        let seed = match parts.headers.get("x-request-id") {
+            Some(id) => render::hash(id.as_bytes()),
+            None => fastrand::u64(..),
+        };
+        tokio::time::sleep(timing.ttft).await;
+        self.metrics.prompt_tokens.inc_by(u64::from(prompt_tokens));
+        let body = render::embeddings(
+            render::mix(seed, 1),
+            self.created(),
+            &self.model_json,
+            inputs,
+            prompt_tokens,
+        );
+        respond(StatusCode::OK, Some(JSON), SimBody::full(body))
+    }
+}
+
+/// What a non-streamed generation answers.
+struct Done<'a> {
+    kind: Kind,
+    plan: &'a Plan,
+    id: &'a str,
+    created: u64,
+    seed: u64,
+    tokens: u32,
+    finish: Finish,
+}

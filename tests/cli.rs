@@ -1,0 +1,197 @@
+//! The `weir` binary: the access log on stdout, `weir check`, and `weir demo`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use weir::sim::SimConfig;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn one_json_access_log_line_per_request() {
+    let sim = start_sim(SimConfig {
+        itl: Duration::from_millis(2),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut child = Child(
+        Command::new(WEIR)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--model",
+                "tiny-llama",
+            ])
+            .args(["--backend", &format!("http://{sim}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let serving = loop {
+        let v = next(&mut rx).await;
+        if v["message"] == "weir is serving" {
+            break v;
+        }
+    };
+    let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
+
+    let mut req = post(addr, "/v1/chat/completions", &chat(true, 9));
+    req.headers_mut()
+        .insert("x-request-id", "log-test-1".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", "Bearer sk-secret-key".parse().unwrap());
+    req.headers_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let (status, _, _) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let line = loop {
+        let v = next(&mut rx).await;
+        if v["target"] == "weir::access" {
+            break v;
+        }
+    };
+    assert_eq!(line["request_id"], "log-test-1");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(line["model"], "tiny-llama");
+    assert_eq!(line["backend"], sim.to_string());
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["outcome"], "ok");
+    assert_eq!(line["output_tokens"], 9);
+    assert_eq!(line["tokens_estimated"], false);
+    assert_eq!(line["finish_reasons"], "length");
+    for f in [
+        "ttft_ms",
+        "tpot_ms",
+        "itl_p50_ms",
+        "itl_max_ms",
+        "e2e_ms",
+        "input_tokens",
+    ] {
+        assert!(line[f].is_number(), "{f} in {line}");
+    }
+    assert!(line["itl_max_ms"].as_f64() >= line["itl_p50_ms"].as_f64());
+    assert!(!line.to_string().contains("sk-secret-key"));
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_names_a_bad_field() {
+    let ok = Command::new(WEIR)
+        .args(["check", "--config", "config/weir.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+
+    let dir = std::env::temp_dir().join(format!("weir-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[backends]]\nurl = \"http://127.0.0.1:8000\"\n[timeouts]\nconect = \"3s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&bad, "[[backends]]\nurl = \"https://vllm:8000\"\n").unwrap();
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backends[0].url"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_a_load_and_prints_the_summary() {
+    let out = Command::new(WEIR)
+        .args([
+            "demo",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+            "--ttft",
+            "20ms",
+            "--itl",
+            "2ms",
+            "--max-tokens",
+            "16",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("tiny-llama"))
+        .unwrap_or_else(|| panic!("no summary row:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "40", "{row}");
+    assert!(row.contains("ok="), "{row}");
+    assert!(stdout.contains("/metrics"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("40/40"));
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a log line in time")
+        .expect("weir still running")
+}
