@@ -19,10 +19,16 @@
 //! - Per-request overrides: `x-sim-ttft-ms`, `x-sim-itl-ms` (milliseconds, fractions allowed) and
 //!   `x-sim-fault` (see [`Fault`]); an invalid value is answered with a 400.
 //! - Only a single prompt per completions request is supported (a batch is a 400).
+//! - Streams get their headers at once; the chat role chunk follows admission (at once unless
+//!   `max_num_seqs` generations are running), then TTFT, then one chunk per token every ITL.
+//! - Injected failures (`http=`, `--error-rate`, `error-event`, `close`) count as
+//!   `finished_reason="error"`; a client leaving mid-generation counts as `"abort"`.
 
 mod handlers;
 mod metrics;
+mod pydantic;
 mod render;
+mod reply;
 mod request;
 mod stream;
 

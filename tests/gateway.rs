@@ -459,3 +459,70 @@ async fn shutdown_lets_an_open_stream_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_head_is_cancelled_too() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let gw = start_gateway(&[sim]).await;
+    let c = client();
+    // Not streamed: the backend answers only after generating, 5 s from now.
+    let mut req = post(gw.addr, "/v1/chat/completions", &chat(false, 5));
+    req.headers_mut()
+        .insert("x-sim-ttft-ms", "5000".parse().unwrap());
+    let pending = tokio::spawn(async move { c.request(req).await });
+    wait_for_metrics(gw.admin_addr, "the request in flight", |m| {
+        sum(m, "weir_requests_in_flight", &[]) == Some(1.0)
+    })
+    .await;
+    pending.abort();
+    let cancelled = [CHAT[0], ("outcome", "cancelled")];
+    wait_for_metrics(gw.admin_addr, "the cancelled request", |m| {
+        sum(m, "weir_requests_total", &cancelled) == Some(1.0)
+            && sum(m, "weir_requests_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+    let abort = [("finished_reason", "abort")];
+    wait_for_metrics(sim, "the simulator's abort", |m| {
+        sum(m, "vllm:request_success_total", &abort) == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn backends_take_turns() {
+    let sims = [
+        start_sim(SimConfig::fast()).await,
+        start_sim(SimConfig::fast()).await,
+    ];
+    let gw = start_gateway(&sims).await;
+    let c = client();
+    for _ in 0..6 {
+        let (status, _, _) = send(&c, post(gw.addr, "/v1/chat/completions", &chat(true, 2))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    for sim in sims {
+        let m = scrape(sim).await;
+        assert_eq!(value(&m, "vllm:request_success_total", &[]), 3.0, "{sim}");
+    }
+    let m = scrape(gw.admin_addr).await;
+    for sim in sims {
+        let name = sim.to_string();
+        assert_eq!(
+            value(
+                &m,
+                "weir_requests_total",
+                &[("backend", name.as_str()), ("outcome", "ok")]
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(&m, "weir_backend_up", &[("backend", name.as_str())]),
+            1.0
+        );
+    }
+    let (status, backends) = get_text(gw.admin_addr, "/backends").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&backends).unwrap();
+    assert_eq!(v["backends"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["backends"][0]["up"], true);
+}

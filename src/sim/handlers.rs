@@ -2,30 +2,32 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use super::metrics::{self, Metrics, Reason};
+use super::metrics::{self, Metrics, Reason, Tracker};
+use super::pydantic::{ApiError, json_str};
 use super::render::{self, Chunks, Finish, Full};
-use super::request::{self, ApiError, Kind, Plan};
-use super::stream::{Generation, SimBody, Stream, Timing, Tracker, jitter, later};
+use super::reply::{
+    ENGINE_ERROR, JSON, SSE, detail, error, header_ms, injected, read_body, respond,
+};
+use super::request::{self, Kind, Plan};
+use super::stream::{Generation, SimBody, Stream, Timing, jitter, later};
 use super::{Fault, SimConfig};
 
-const JSON: &str = "application/json";
-const SSE: &str = "text/event-stream; charset=utf-8";
-/// Largest request body read.
-const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Most inputs in one embeddings request.
 const MAX_EMBEDDING_INPUTS: usize = 2048;
-const ENGINE_ERROR: &str =
-    "EngineCore encountered an issue. See stack trace (above) for the root cause.";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// State shared by every connection of one simulator instance.
 pub(crate) struct Sim {
@@ -39,92 +41,10 @@ pub(crate) struct Sim {
     pub stopping: AtomicBool,
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: Option<&'static str>,
-    body: SimBody,
-) -> Response<SimBody> {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    if let Some(ct) = content_type {
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-    }
-    resp
-}
-
-fn error(e: ApiError) -> Response<SimBody> {
-    respond(e.status, Some(JSON), SimBody::full(e.body))
-}
-
-fn detail(status: StatusCode) -> Response<SimBody> {
-    let body: &'static str = if status == StatusCode::NOT_FOUND {
-        r#"{"detail":"Not Found"}"#
-    } else {
-        r#"{"detail":"Method Not Allowed"}"#
-    };
-    respond(status, Some(JSON), SimBody::full(body))
-}
-
-/// An OpenAI-shaped error for an injected failure with this status.
-fn injected(code: u16, message: &str) -> Response<SimBody> {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut kind: String = status
-        .canonical_reason()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    if !kind.ends_with("Error") {
-        kind.push_str("Error");
-    }
-    error(ApiError::openai(status, &kind, message, None))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn header_ms(headers: &HeaderMap, name: &str) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = headers.get(name) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|ms| *ms >= 0.0)
-        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            let message = format!("invalid {name} header: expected a number of milliseconds");
-            ApiError::openai(StatusCode::BAD_REQUEST, "BadRequestError", &message, None)
-        })
-}
-
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::openai(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Payload Too Large",
-            "Request body too large",
-            None,
-        )),
-        Err(_) => Err(ApiError::openai(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "There was an error parsing the body",
-            None,
-        )),
-    }
-}
-
 impl Sim {
     pub fn new(cfg: SimConfig) -> Result<Self, prometheus::Error> {
         let metrics = Metrics::new(&cfg.model)?;
-        let model_json = request::json_str(&cfg.model);
+        let model_json = json_str(&cfg.model);
         let identity = format!("{}/{}", cfg.model, cfg.max_model_len);
         let fingerprint = format!(
             "vllm-0.32.0-{:08x}",
@@ -331,36 +251,34 @@ impl Sim {
                 .saturating_add(jitter(&mut rng, timing.ttft_jitter)),
         );
         let token_time = |count: u32, rng: &mut fastrand::Rng| {
+            if timing.itl_jitter.is_zero() {
+                return later(first, timing.itl.saturating_mul(count.saturating_sub(1)));
+            }
             let mut t = first;
             for _ in 1..count {
                 t = later(t, timing.itl.saturating_add(jitter(rng, timing.itl_jitter)));
             }
             t
         };
-        match fault {
-            Some(Fault::ErrorEvent { after }) => {
-                let produced = after.min(d.tokens);
-                tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
-                tracker.tokens(produced, first, timing.itl);
-                tracker.finish(Reason::Error);
-                return injected(500, ENGINE_ERROR);
-            }
-            Some(Fault::Close { after }) => {
-                let produced = after.min(d.tokens);
-                tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
-                tracker.tokens(produced, first, timing.itl);
-                tracker.finish(Reason::Error);
-                return respond(StatusCode::OK, Some(JSON), SimBody::Broken(false));
-            }
+        let produced = match fault {
             Some(Fault::Stall { .. }) => {
                 // No answer until the client leaves (abort) or the server stops.
                 self.until_shutdown().await;
-                return respond(StatusCode::OK, Some(JSON), SimBody::Broken(false));
+                let body = SimBody::Broken {
+                    head: None,
+                    yielded: false,
+                };
+                return respond(StatusCode::OK, Some(JSON), body);
             }
-            Some(Fault::Http(_)) | None => {}
+            Some(Fault::ErrorEvent { after } | Fault::Close { after }) => after.min(d.tokens),
+            Some(Fault::Http(_)) | None => d.tokens,
+        };
+        tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
+        tracker.tokens(produced, first, timing.itl);
+        if let Some(Fault::ErrorEvent { .. }) = fault {
+            tracker.finish(Reason::Error);
+            return injected(500, ENGINE_ERROR);
         }
-        tokio::time::sleep_until(token_time(d.tokens, &mut rng)).await;
-        tracker.tokens(d.tokens, first, timing.itl);
         let mut words = fastrand::Rng::with_seed(render::mix(d.seed, 3));
         let mut text = String::with_capacity(d.tokens as usize * 8);
         for index in 0..d.tokens {
@@ -377,6 +295,17 @@ impl Sim {
             prompt_tokens: d.plan.prompt_tokens,
             completion_tokens: d.tokens,
         });
+        if let Some(Fault::Close { .. }) = fault {
+            // Headers and half of the body, then the connection breaks.
+            tracker.finish(Reason::Error);
+            let mut head = Bytes::from(body);
+            head.truncate(head.len() / 2);
+            let body = SimBody::Broken {
+                head: Some(head),
+                yielded: false,
+            };
+            return respond(StatusCode::OK, Some(JSON), body);
+        }
         tracker.finish(match d.finish {
             Finish::Stop => Reason::Stop,
             Finish::Length => Reason::Length,

@@ -1,9 +1,17 @@
-//! The simulator's Prometheus metrics, named and labelled like vLLM's, in a per-instance registry.
+//! The simulator's Prometheus metrics, named and labelled like vLLM's, in a per-instance registry,
+//! and the tracker that moves each request through waiting, running and finished.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::handlers::Sim;
 
 /// Why a request finished: the `finished_reason` label of `vllm:request_success_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,3 +164,100 @@ impl Metrics {
 
 /// The content type vLLM gives `/metrics`.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=1.0.0; charset=utf-8";
+
+enum State {
+    Waiting,
+    Running {
+        _permit: OwnedSemaphorePermit,
+        last_token: Option<Instant>,
+    },
+    Done,
+}
+
+/// Follows one generation through waiting, running and finished, keeping the gauges and
+/// counters right; dropping it unfinished counts an abort.
+pub(crate) struct Tracker {
+    sim: Arc<Sim>,
+    arrival: Instant,
+    state: State,
+}
+
+impl Tracker {
+    pub fn new(sim: Arc<Sim>) -> Self {
+        sim.metrics.waiting.inc();
+        Self {
+            sim,
+            arrival: Instant::now(),
+            state: State::Waiting,
+        }
+    }
+
+    pub fn sim(&self) -> &Arc<Sim> {
+        &self.sim
+    }
+
+    pub fn admit(&mut self, permit: OwnedSemaphorePermit, prompt_tokens: u32, now: Instant) {
+        if let State::Waiting = self.state {
+            let m = &self.sim.metrics;
+            m.waiting.dec();
+            m.running.inc();
+            m.prompt_tokens.inc_by(u64::from(prompt_tokens));
+            m.queue
+                .observe(now.duration_since(self.arrival).as_secs_f64());
+            self.state = State::Running {
+                _permit: permit,
+                last_token: None,
+            };
+        }
+    }
+
+    /// Records one output token produced at `now`.
+    pub fn token(&mut self, now: Instant) {
+        if let State::Running { last_token, .. } = &mut self.state {
+            let m = &self.sim.metrics;
+            m.generation_tokens.inc();
+            match last_token {
+                None => m
+                    .ttft
+                    .observe(now.duration_since(self.arrival).as_secs_f64()),
+                Some(last) => m.itl.observe(now.duration_since(*last).as_secs_f64()),
+            }
+            *last_token = Some(now);
+        }
+    }
+
+    /// Records `count` tokens of a non-streamed generation whose first token came at `first`.
+    pub fn tokens(&mut self, count: u32, first: Instant, itl: Duration) {
+        if let State::Running { last_token, .. } = &mut self.state {
+            let m = &self.sim.metrics;
+            m.generation_tokens.inc_by(u64::from(count));
+            if count > 0 {
+                m.ttft
+                    .observe(first.duration_since(self.arrival).as_secs_f64());
+                *last_token = Some(first);
+            }
+            for _ in 1..count.min(10_000) {
+                m.itl.observe(itl.as_secs_f64());
+            }
+        }
+    }
+
+    pub fn finish(&mut self, reason: Reason) {
+        let m = &self.sim.metrics;
+        match self.state {
+            State::Waiting => m.waiting.dec(),
+            State::Running { .. } => m.running.dec(),
+            State::Done => return,
+        }
+        m.finished(reason);
+        m.e2e.observe(self.arrival.elapsed().as_secs_f64());
+        // Releases the permit.
+        self.state = State::Done;
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.finish(Reason::Abort);
+    }
+}

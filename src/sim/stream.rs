@@ -1,9 +1,7 @@
-//! Response bodies: the SSE generation state machine (no task or channel per stream) and the
-//! request tracker that keeps vLLM's running/waiting/finished metrics.
+//! Response bodies: the SSE generation state machine, with no task or channel per stream.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,8 +13,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use super::Fault;
-use super::handlers::Sim;
-use super::metrics::Reason;
+use super::metrics::{Reason, Tracker};
 use super::render::{self, Chunks, Finish};
 
 /// Delays of one request.
@@ -43,99 +40,6 @@ pub(crate) fn jitter(rng: &mut fastrand::Rng, max: Duration) -> Duration {
     Duration::from_nanos(rng.u64(0..=nanos))
 }
 
-enum State {
-    Waiting,
-    Running {
-        _permit: OwnedSemaphorePermit,
-        last_token: Option<Instant>,
-    },
-    Done,
-}
-
-/// Follows one generation through waiting, running and finished, keeping the gauges and
-/// counters right; dropping it unfinished counts an abort.
-pub(crate) struct Tracker {
-    sim: Arc<Sim>,
-    arrival: Instant,
-    state: State,
-}
-
-impl Tracker {
-    pub fn new(sim: Arc<Sim>) -> Self {
-        sim.metrics.waiting.inc();
-        Self {
-            sim,
-            arrival: Instant::now(),
-            state: State::Waiting,
-        }
-    }
-
-    pub fn admit(&mut self, permit: OwnedSemaphorePermit, prompt_tokens: u32, now: Instant) {
-        if let State::Waiting = self.state {
-            let m = &self.sim.metrics;
-            m.waiting.dec();
-            m.running.inc();
-            m.prompt_tokens.inc_by(u64::from(prompt_tokens));
-            m.queue
-                .observe(now.duration_since(self.arrival).as_secs_f64());
-            self.state = State::Running {
-                _permit: permit,
-                last_token: None,
-            };
-        }
-    }
-
-    /// Records one output token produced at `now`.
-    pub fn token(&mut self, now: Instant) {
-        if let State::Running { last_token, .. } = &mut self.state {
-            let m = &self.sim.metrics;
-            m.generation_tokens.inc();
-            match last_token {
-                None => m
-                    .ttft
-                    .observe(now.duration_since(self.arrival).as_secs_f64()),
-                Some(last) => m.itl.observe(now.duration_since(*last).as_secs_f64()),
-            }
-            *last_token = Some(now);
-        }
-    }
-
-    /// Records `count` tokens of a non-streamed generation whose first token came at `first`.
-    pub fn tokens(&mut self, count: u32, first: Instant, itl: Duration) {
-        if let State::Running { last_token, .. } = &mut self.state {
-            let m = &self.sim.metrics;
-            m.generation_tokens.inc_by(u64::from(count));
-            if count > 0 {
-                m.ttft
-                    .observe(first.duration_since(self.arrival).as_secs_f64());
-                *last_token = Some(first);
-            }
-            for _ in 1..count.min(10_000) {
-                m.itl.observe(itl.as_secs_f64());
-            }
-        }
-    }
-
-    pub fn finish(&mut self, reason: Reason) {
-        let m = &self.sim.metrics;
-        match self.state {
-            State::Waiting => m.waiting.dec(),
-            State::Running { .. } => m.running.dec(),
-            State::Done => return,
-        }
-        m.finished(reason);
-        m.e2e.observe(self.arrival.elapsed().as_secs_f64());
-        // Releases the permit.
-        self.state = State::Done;
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.finish(Reason::Abort);
-    }
-}
-
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 enum Phase {
@@ -143,6 +47,8 @@ enum Phase {
     Role,
     Tokens,
     Stalled(Pin<Box<OwnedNotified>>),
+    /// The close fault: yielded once so that what was sent gets flushed, then fail.
+    Closing,
     Done,
     End,
 }
@@ -176,7 +82,7 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub fn new(job: Generation, mut tracker: Tracker) -> Self {
-        let sim = tracker.sim.clone();
+        let sim = tracker.sim().clone();
         let now = Instant::now();
         let queued: Option<Acquire> = match sim.semaphore.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -216,10 +122,11 @@ impl Stream {
         };
     }
 
-    /// Whether the current deadline has passed; registers the timer otherwise.
-    fn due(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.deadline <= Instant::now() {
-            return true;
+    /// The current time if the deadline has passed; registers the timer otherwise.
+    fn due(&mut self, cx: &mut Context<'_>) -> Option<Instant> {
+        let now = Instant::now();
+        if self.deadline <= now {
+            return Some(now);
         }
         let deadline = self.deadline;
         let sleep = self
@@ -228,7 +135,7 @@ impl Stream {
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }
-        sleep.as_mut().poll(cx).is_ready()
+        sleep.as_mut().poll(cx).is_ready().then(Instant::now)
     }
 
     fn fault_due(&self) -> Option<Fault> {
@@ -248,7 +155,7 @@ impl Stream {
         let last = self.sent == self.job.tokens;
         let finish = last.then_some(self.job.finish);
         let fingerprint =
-            (last && !self.job.include_usage).then_some(self.tracker.sim.fingerprint.as_str());
+            (last && !self.job.include_usage).then_some(self.tracker.sim().fingerprint.as_str());
         let t = &self.job.timing;
         let gap = t.itl.saturating_add(jitter(&mut self.jitter, t.itl_jitter));
         self.deadline = later(self.deadline, gap);
@@ -261,6 +168,10 @@ impl Stream {
             Finish::Length => Reason::Length,
         }
     }
+}
+
+fn close_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "sim: close fault")
 }
 
 fn data(bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
@@ -306,15 +217,12 @@ impl Body for Stream {
                             }
                             Fault::Close { .. } => {
                                 this.tracker.finish(Reason::Error);
-                                this.phase = Phase::End;
-                                let err = io::Error::new(
-                                    io::ErrorKind::ConnectionAborted,
-                                    "sim: close fault",
-                                );
-                                return Poll::Ready(Some(Err(err)));
+                                this.phase = Phase::Closing;
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
                             }
                             Fault::Stall { .. } | Fault::Http(_) => {
-                                let sim = &this.tracker.sim;
+                                let sim = this.tracker.sim();
                                 this.phase =
                                     Phase::Stalled(Box::pin(sim.shutdown.clone().notified_owned()));
                                 continue;
@@ -326,20 +234,19 @@ impl Body for Stream {
                         this.tracker.finish(reason);
                         this.phase = Phase::Done;
                         if this.job.include_usage {
-                            let fp = &this.tracker.sim.fingerprint;
+                            let fp = &this.tracker.sim().fingerprint;
                             return data(this.job.chunks.usage_chunk(this.sent, fp));
                         }
                         continue;
                     }
-                    if !this.due(cx) {
+                    let Some(now) = this.due(cx) else {
                         return Poll::Pending;
-                    }
-                    let chunk = this.next_token(Instant::now());
-                    return data(chunk);
+                    };
+                    return data(this.next_token(now));
                 }
                 Phase::Stalled(notified) => {
                     notified.as_mut().enable();
-                    if this.tracker.sim.stopping.load(Ordering::Acquire)
+                    if this.tracker.sim().stopping.load(Ordering::Acquire)
                         || notified.as_mut().poll(cx).is_ready()
                     {
                         // Shutting down: cut the stalled stream so the server can stop.
@@ -348,6 +255,10 @@ impl Body for Stream {
                         return Poll::Ready(Some(Err(err)));
                     }
                     return Poll::Pending;
+                }
+                Phase::Closing => {
+                    this.phase = Phase::End;
+                    return Poll::Ready(Some(Err(close_error())));
                 }
                 Phase::Done => {
                     this.phase = Phase::End;
@@ -369,8 +280,13 @@ pub(crate) enum SimBody {
     Full(Option<Bytes>),
     /// A streamed generation.
     Stream(Box<Stream>),
-    /// A body that fails at once (the `close` fault on a non-streamed request).
-    Broken(bool),
+    /// The close fault on a non-streamed request: some bytes, a flush, then a failure.
+    Broken {
+        /// Sent before failing.
+        head: Option<Bytes>,
+        /// Whether the flush before failing was requested.
+        yielded: bool,
+    },
 }
 
 impl SimBody {
@@ -391,12 +307,14 @@ impl Body for SimBody {
         match self.get_mut() {
             SimBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             SimBody::Stream(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
-            SimBody::Broken(done) => {
-                if std::mem::replace(done, true) {
-                    Poll::Ready(None)
+            SimBody::Broken { head, yielded } => {
+                if let Some(head) = head.take() {
+                    Poll::Ready(Some(Ok(Frame::data(head))))
+                } else if !std::mem::replace(yielded, true) {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
                 } else {
-                    let err = io::Error::new(io::ErrorKind::ConnectionAborted, "sim: close fault");
-                    Poll::Ready(Some(Err(err)))
+                    Poll::Ready(Some(Err(close_error())))
                 }
             }
         }
@@ -406,7 +324,7 @@ impl Body for SimBody {
         match self {
             SimBody::Full(bytes) => bytes.is_none(),
             SimBody::Stream(stream) => stream.is_end_stream(),
-            SimBody::Broken(done) => *done,
+            SimBody::Broken { .. } => false,
         }
     }
 
