@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -38,7 +39,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if state.backends.any_up() {
+            if state.pool().any_up() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(
@@ -48,22 +49,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/backends" => {
-            let list: Vec<_> = state
-                .backends
-                .all()
-                .iter()
-                .map(|b| {
-                    serde_json::json!({
-                        "name": &*b.name,
-                        "url": format!("{}://{}{}", b.scheme, b.authority, b.prefix),
-                        "up": b.is_up(),
-                    })
-                })
-                .collect();
-            let body = serde_json::json!({ "backends": list }).to_string();
-            reply(StatusCode::OK, "application/json", body.into())
-        }
+        "/backends" => reply(StatusCode::OK, "application/json", backends(state).into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -74,4 +60,39 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
+}
+
+/// The state of each backend, as JSON.
+fn backends(state: &AppState) -> String {
+    let config = state.config();
+    let list: Vec<_> = state
+        .pool()
+        .backends
+        .iter()
+        .map(|b| {
+            let h = b.health.lock().map(|h| (h.last_error, h.ejections)).unwrap_or_default();
+            let q = &b.queue;
+            let queue = q.has_metrics.load(Ordering::Relaxed).then(|| {
+                serde_json::json!({
+                    "waiting": q.waiting.load(Ordering::Relaxed),
+                    "running": q.running.load(Ordering::Relaxed),
+                    "kv_cache_usage": f64::from(q.kv_ppm.load(Ordering::Relaxed)) / 1e6,
+                })
+            });
+            serde_json::json!({
+                "name": &*b.name,
+                "url": b.url,
+                "up": b.is_up(),
+                "state": if !b.checked_up.load(Ordering::Relaxed) { "down" } else if b.is_up() { "up" } else { "ejected" },
+                "weight": b.weight,
+                "outstanding": b.outstanding(),
+                "max_concurrency": b.max_concurrency,
+                "models": b.models().map(|m| m.to_vec()),
+                "queue": queue,
+                "ejections": h.1,
+                "last_error": h.0,
+            })
+        })
+        .collect();
+    serde_json::json!({ "strategy": config.balance, "backends": list }).to_string()
 }

@@ -9,11 +9,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -22,10 +23,11 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::balance::Backends;
+use crate::balance::{Backend, NoPick, Pool};
 use crate::config::Config;
 use crate::error::{GatewayError, openai_error_body};
-use crate::forward::{self, ClientAddr, UpstreamClient};
+use crate::forward::{self, ClientAddr};
+use crate::health;
 use crate::inspect::{Inspected, inspect};
 use crate::metrics::{ErrorKind, Metrics, Operation};
 use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, TraceIds, record};
@@ -40,23 +42,54 @@ pub type AppService =
 /// The body type after the panic layer (boxed once per response).
 pub type ProxyBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
 
-/// State shared by every request.
+/// State shared by every request. The config and the backend pool are replaced whole on
+/// reload; a request works with the ones it started with.
 pub struct AppState {
-    pub config: Config,
     pub metrics: Metrics,
-    pub backends: Backends,
-    pub client: UpstreamClient,
+    config: RwLock<Arc<Config>>,
+    pool: RwLock<Arc<Pool>>,
 }
 
 impl AppState {
     pub fn new(config: Config, metrics: Metrics) -> AppState {
-        let backends = Backends::new(&config.backends, metrics.clone());
-        let client = forward::client(config.timeouts.connect, config.timeouts.pool_idle);
+        let pool = Pool::new(&config, None, &metrics);
         AppState {
-            config,
             metrics,
-            backends,
-            client,
+            config: RwLock::new(Arc::new(config)),
+            pool: RwLock::new(Arc::new(pool)),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Takes a new (validated) config: backends, balancing, health and timeouts change for
+    /// new requests; open streams go on with the backends they have.
+    pub fn reload(&self, config: Config) {
+        let old = self.pool();
+        self.metrics.add_models(&config.known_models());
+        let pool = Pool::new(&config, Some(&old), &self.metrics);
+        for b in &old.backends {
+            if pool.find(&b.name).is_none() {
+                self.metrics.remove_backend(&b.name);
+            }
+        }
+        if let Ok(mut p) = self.pool.write() {
+            *p = Arc::new(pool);
+        }
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
         }
     }
 }
@@ -135,7 +168,9 @@ impl Pending {
         let ex = self.ex.take().expect("exchange present until finished");
         let mut ex = ex;
         ex.status = err.status();
-        ex.metrics.error(err.kind());
+        if let Some(kind) = err.kind() {
+            ex.metrics.error(kind);
+        }
         match &err {
             GatewayError::Connect { .. } | GatewayError::ConnectTimeout { .. } => {
                 tracing::warn!(request_id = %ex.request_id, error = %err, "upstream call failed")
@@ -151,6 +186,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
     let t0 = Instant::now();
     let metrics = &state.metrics;
     metrics.in_flight().inc();
+    let config = state.config();
     let (mut parts, body) = req.into_parts();
     let operation = Operation::from_path(parts.uri.path());
     let request_id = parts
@@ -175,15 +211,16 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
             strip_usage: false,
             backend: none.clone(),
             status: StatusCode::BAD_GATEWAY,
-            series: metrics.series(metrics.model_index(None), operation, &none),
+            series: metrics.series(&metrics.model_label(None), operation, &none),
             metrics: metrics.clone(),
+            load: None,
+            timeouts: config.timeouts.clone(),
         }),
     };
 
     // Inspect: read a JSON body once (measured and model-bearing endpoints only).
-    let (upstream_body, body_len) = if operation != Operation::Other && parts.method == Method::POST
-    {
-        let limit = state.config.limits.max_request_body;
+    let body = if operation != Operation::Other && parts.method == Method::POST {
+        let limit = config.limits.max_request_body;
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
@@ -210,84 +247,28 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
             Err(e) => return pending.fail(e, Outcome::ClientError),
         };
         let ex = pending.ex();
-        ex.series = metrics.series(metrics.model_index(model.as_deref()), operation, &none);
+        ex.series = metrics.series(&metrics.model_label(model.as_deref()), operation, &none);
         (ex.model, ex.stream, ex.max_tokens, ex.n, ex.strip_usage) =
             (model, stream, max_tokens, n, strip_usage);
-        let len = body.len();
-        (Either::Left(Full::new(body)), Some(len))
+        UpBody::Bytes(body)
+    } else if body.is_end_stream() {
+        UpBody::Bytes(Bytes::new())
     } else {
-        (Either::Right(body), None)
+        UpBody::Stream(body)
     };
 
-    // Balance.
-    let Some(backend) = state.backends.pick() else {
-        return pending.fail(GatewayError::NoBackend, Outcome::Unavailable);
-    };
-    {
-        let ex = pending.ex();
-        ex.series = metrics.series(
-            metrics.model_index(ex.model.as_deref()),
-            operation,
-            &backend.name,
-        );
-        ex.backend = backend.name.clone();
-    }
-
-    // Forward.
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match backend.uri(path) {
-        Ok(u) => u,
-        Err(e) => {
-            return pending.fail(
-                GatewayError::BadRequest(format!("bad request path: {e}")),
-                Outcome::ClientError,
-            );
-        }
-    };
+    // Route, balance and forward, retrying once on another backend when allowed.
     parts.version = http::Version::HTTP_11;
     let client_addr = parts.extensions.get::<ClientAddr>().map(|a| a.0);
     let traceparent = pending.ex().trace.traceparent();
+    let body_len = match &body {
+        UpBody::Bytes(b) if !b.is_empty() || parts.method == Method::POST => Some(b.len()),
+        _ => None,
+    };
     forward::upstream_headers(&mut parts.headers, client_addr, &traceparent, body_len);
-    let upstream_req = Request::from_parts(parts, upstream_body);
-    pending.ex().sent = Instant::now();
-    let res = match state.client.request(upstream_req).await {
-        Ok(res) => {
-            state.backends.report(&backend, true);
-            res
-        }
-        Err(e) => {
-            let timed_out = is_timeout(&e);
-            if e.is_connect() {
-                state.backends.report(&backend, false);
-            }
-            let backend_name = backend.name.to_string();
-            let (err, outcome) = if timed_out {
-                (
-                    GatewayError::ConnectTimeout {
-                        backend: backend_name,
-                    },
-                    Outcome::Timeout("connect"),
-                )
-            } else if e.is_connect() {
-                (
-                    GatewayError::Connect {
-                        backend: backend_name,
-                        reason: error_chain(&e),
-                    },
-                    Outcome::Unavailable,
-                )
-            } else {
-                // Connected, but the exchange broke before a response head.
-                (
-                    GatewayError::Upstream {
-                        backend: backend_name,
-                        reason: error_chain(&e),
-                    },
-                    Outcome::UpstreamError,
-                )
-            };
-            return pending.fail(err, outcome);
-        }
+    let res = match call_upstream(&state, &config, parts, body, pending.ex()).await {
+        Ok(res) => res,
+        Err((err, outcome)) => return pending.fail(err, outcome),
     };
 
     // Observe.
@@ -304,6 +285,149 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
     let content_type = head.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
     let body = ObservedBody::new(body, ex, content_type);
     Response::from_parts(head, Either::Left(body))
+}
+
+/// The request body on its way upstream: bytes can be sent again, a stream only once.
+enum UpBody {
+    Bytes(Bytes),
+    Stream(Incoming),
+}
+
+type Failure = (GatewayError, Outcome);
+
+/// Picks a backend and sends the request, once more on another backend when the connect
+/// was refused or the answer was 503 (nothing has reached the client yet). Waits for the
+/// response head within the first-token (streamed) or total deadline.
+async fn call_upstream(
+    state: &AppState,
+    config: &Config,
+    parts: http::request::Parts,
+    body: UpBody,
+    ex: &mut Exchange,
+) -> Result<Response<Incoming>, Failure> {
+    let pool = state.pool();
+    let metrics = &state.metrics;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let may_retry =
+        config.retries.enabled && matches!(body, UpBody::Bytes(_)) && pool.backends.len() > 1;
+    let mut body = Some(body);
+    let mut failed: Option<Arc<Backend>> = None;
+    let model_label = metrics.model_label(ex.model.as_deref());
+    loop {
+        let last_try = !may_retry || failed.is_some();
+        let backend = match pool.pick(ex.model.as_deref(), failed.as_deref()) {
+            Ok(b) => b,
+            Err(NoPick::UnknownModel) => {
+                return Err((
+                    GatewayError::UnknownModel(ex.model.clone().unwrap_or_default()),
+                    Outcome::ClientError,
+                ));
+            }
+            Err(NoPick::Unavailable) => {
+                return Err((GatewayError::NoBackend, Outcome::Unavailable));
+            }
+        };
+        ex.series = metrics.series(&model_label, ex.operation, &backend.name);
+        ex.backend = backend.name.clone();
+        ex.timeouts = backend.timeouts.clone();
+        let uri = backend.uri(&path).map_err(|e| {
+            (
+                GatewayError::BadRequest(format!("bad request path: {e}")),
+                Outcome::ClientError,
+            )
+        })?;
+        let up_body = match body.take() {
+            Some(UpBody::Bytes(b)) => {
+                if !last_try {
+                    body = Some(UpBody::Bytes(b.clone()));
+                }
+                Either::Left(Full::new(b))
+            }
+            Some(UpBody::Stream(s)) => Either::Right(s),
+            None => return Err((GatewayError::NoBackend, Outcome::Unavailable)),
+        };
+        let mut req = Request::new(up_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        ex.load = Some(backend.load());
+        ex.sent = Instant::now();
+        let t = &backend.timeouts;
+        let total_at = ex.t0 + t.total;
+        let first_at = ex.sent + t.first_token;
+        let (deadline, kind) = if ex.stream && first_at < total_at {
+            (first_at, "first_token")
+        } else {
+            (total_at, "total")
+        };
+        let result = tokio::time::timeout_at(deadline, backend.client.request(req)).await;
+        let health = &config.health;
+        let err = match result {
+            Err(_) => {
+                return Err((
+                    GatewayError::Timeout {
+                        backend: backend.name.to_string(),
+                        kind,
+                    },
+                    Outcome::Timeout(kind),
+                ));
+            }
+            Ok(Ok(res)) if res.status() == StatusCode::SERVICE_UNAVAILABLE && !last_try => {
+                metrics.error(ErrorKind::Upstream5xx);
+                health::passive(&backend, health, Some("upstream_5xx"), metrics);
+                metrics.retry("unavailable");
+                tracing::debug!(backend = %backend.name, "503 before the first byte: retrying elsewhere");
+                failed = Some(backend);
+                continue;
+            }
+            Ok(Ok(res)) => {
+                let failure = res.status().is_server_error().then_some("upstream_5xx");
+                health::passive(&backend, health, failure, metrics);
+                return Ok(res);
+            }
+            Ok(Err(e)) => e,
+        };
+        let name = backend.name.to_string();
+        if !err.is_connect() {
+            // Connected, but the exchange broke before a response head.
+            health::passive(&backend, health, Some("protocol"), metrics);
+            return Err((
+                GatewayError::Upstream {
+                    backend: name,
+                    reason: error_chain(&err),
+                },
+                Outcome::UpstreamError,
+            ));
+        }
+        health::passive(&backend, health, Some("connect"), metrics);
+        let timed_out = is_timeout(&err);
+        if !last_try {
+            metrics.error(ErrorKind::Connect);
+            metrics.retry("connect");
+            tracing::debug!(backend = %name, error = %error_chain(&err), "connect failed: retrying elsewhere");
+            failed = Some(backend);
+            continue;
+        }
+        return Err(if timed_out {
+            (
+                GatewayError::ConnectTimeout { backend: name },
+                Outcome::Timeout("connect"),
+            )
+        } else {
+            (
+                GatewayError::Connect {
+                    backend: name,
+                    reason: error_chain(&err),
+                },
+                Outcome::Unavailable,
+            )
+        });
+    }
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

@@ -1,4 +1,5 @@
-//! Configuration: the TOML file, CLI overrides, defaults and `validate()`; read once at start-up.
+//! Configuration: the TOML file, CLI overrides, defaults and `validate()`; read at start-up
+//! and again on SIGHUP (backends, balancing, health and timeouts).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,9 +17,13 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Models used as the `gen_ai_request_model` label; any other model is `other`.
     pub models: Vec<String>,
-    /// The vLLM / OpenAI-compatible backends, used round-robin.
+    /// The vLLM / OpenAI-compatible backends.
     pub backends: Vec<BackendConfig>,
+    /// How a backend is picked among those serving the model.
+    pub balance: Strategy,
     pub timeouts: Timeouts,
+    pub health: Health,
+    pub retries: Retries,
     pub limits: Limits,
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(with = "humantime_serde")]
@@ -34,21 +39,129 @@ pub struct BackendConfig {
     pub name: String,
     /// Base URL, `http://host:port` (a path prefix is allowed: `http://host/vllm`).
     pub url: String,
-    /// Models this backend serves; added to the label set.
+    /// Models this backend serves (added to the label set). Empty: discovered from the
+    /// backend's `/v1/models`.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Relative share of traffic.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Most requests in flight to this backend at once (0: no cap).
+    #[serde(default)]
+    pub max_concurrency: usize,
+    /// Overrides of the global timeouts for this backend.
+    #[serde(default)]
+    pub timeouts: TimeoutOverrides,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl BackendConfig {
+    /// A backend at `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> BackendConfig {
+        BackendConfig {
+            name: String::new(),
+            url: url.into(),
+            models: Vec::new(),
+            weight: 1,
+            max_concurrency: 0,
+            timeouts: TimeoutOverrides::default(),
+        }
+    }
+}
+
+/// Balancing strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Power of two choices on outstanding requests, candidates drawn by weight.
+    #[default]
+    P2c,
+    /// Shortest vLLM queue (`vllm:num_requests_waiting`), scraped from each backend.
+    QueueAware,
+    /// Weighted round-robin.
+    RoundRobin,
+}
+
+/// Per-backend timeout overrides; unset fields use `[timeouts]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub first_token: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub total: Option<Duration>,
+}
+
+/// Active and passive health checking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// How often each backend's `/health` is fetched (and its `/metrics` for queue-aware).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check slower than this fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a backend down.
+    pub unhealthy_threshold: u32,
+    /// Consecutive good checks that bring it back.
+    pub healthy_threshold: u32,
+    /// Consecutive connect failures or 5xx answers that eject a backend (0: never).
+    pub passive_failures: u32,
+    /// First ejection; each further one doubles, up to `ejection_max`.
+    #[serde(with = "humantime_serde")]
+    pub ejection_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ejection_max: Duration,
+}
+
+/// Retrying on another backend before any byte reached the client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Retry once when the connect was refused or the backend answered 503.
+    pub enabled: bool,
 }
 
 /// Timeouts on the upstream call.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP connect to a backend.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
+    /// Request sent → first content-bearing event (or the response head when not streamed).
+    #[serde(with = "humantime_serde")]
+    pub first_token: Duration,
+    /// Longest gap between two chunks of a response.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Request head → end of the response.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
     /// Idle pooled connections to backends are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
+}
+
+impl Timeouts {
+    /// These timeouts with a backend's overrides applied.
+    pub fn with(&self, o: &TimeoutOverrides) -> Timeouts {
+        Timeouts {
+            connect: o.connect.unwrap_or(self.connect),
+            first_token: o.first_token.unwrap_or(self.first_token),
+            idle: o.idle.unwrap_or(self.idle),
+            total: o.total.unwrap_or(self.total),
+            pool_idle: self.pool_idle,
+        }
+    }
 }
 
 /// Limits on what a client may send.
@@ -66,7 +179,10 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             models: Vec::new(),
             backends: Vec::new(),
+            balance: Strategy::default(),
             timeouts: Timeouts::default(),
+            health: Health::default(),
+            retries: Retries::default(),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -77,8 +193,31 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(3),
+            first_token: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
             pool_idle: Duration::from_secs(90),
         }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            passive_failures: 3,
+            ejection_base: Duration::from_secs(5),
+            ejection_max: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { enabled: true }
     }
 }
 
@@ -174,12 +313,37 @@ impl Config {
                 check_label(m).map_err(|r| invalid(field(&format!("models[{j}]")), r))?;
             }
             check_label(&b.name).map_err(|r| invalid(field("name"), r))?;
+            if b.weight == 0 {
+                return Err(invalid(field("weight"), "must be at least 1"));
+            }
+            let t = self.timeouts.with(&b.timeouts);
+            check_timeouts(&t, &format!("backends[{i}].timeouts"))?;
         }
         for (j, m) in self.models.iter().enumerate() {
             check_label(m).map_err(|r| invalid(format!("models[{j}]"), r))?;
         }
-        if self.timeouts.connect.is_zero() {
-            return Err(invalid("timeouts.connect".into(), "must be greater than 0"));
+        check_timeouts(&self.timeouts, "timeouts")?;
+        let h = &self.health;
+        for (name, d) in [
+            ("interval", h.interval),
+            ("timeout", h.timeout),
+            ("ejection_base", h.ejection_base),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(format!("health.{name}"), "must be greater than 0"));
+            }
+        }
+        if h.ejection_max < h.ejection_base {
+            return Err(invalid(
+                "health.ejection_max".into(),
+                "must not be less than ejection_base",
+            ));
+        }
+        if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+            return Err(invalid(
+                "health.unhealthy_threshold".into(),
+                "thresholds must be at least 1",
+            ));
         }
         if self.limits.max_request_body == 0 {
             return Err(invalid(
@@ -209,6 +373,23 @@ impl Config {
     }
 }
 
+fn check_timeouts(t: &Timeouts, at: &str) -> Result<(), ConfigError> {
+    for (name, d) in [
+        ("connect", t.connect),
+        ("first_token", t.first_token),
+        ("idle", t.idle),
+        ("total", t.total),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: format!("{at}.{name}"),
+                reason: "must be greater than 0".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_label(v: &str) -> Result<(), &'static str> {
     if v.is_empty() {
         return Err("must not be empty");
@@ -236,6 +417,18 @@ mod tests {
         assert_eq!(c.admin_listen, d.admin_listen);
         assert_eq!(c.timeouts.connect, d.timeouts.connect);
         assert_eq!(c.timeouts.pool_idle, d.timeouts.pool_idle);
+        assert_eq!(c.timeouts.first_token, d.timeouts.first_token);
+        assert_eq!(c.timeouts.idle, d.timeouts.idle);
+        assert_eq!(c.timeouts.total, d.timeouts.total);
+        assert_eq!(c.balance, d.balance);
+        assert_eq!(c.health.interval, d.health.interval);
+        assert_eq!(c.health.timeout, d.health.timeout);
+        assert_eq!(c.health.unhealthy_threshold, d.health.unhealthy_threshold);
+        assert_eq!(c.health.healthy_threshold, d.health.healthy_threshold);
+        assert_eq!(c.health.passive_failures, d.health.passive_failures);
+        assert_eq!(c.health.ejection_base, d.health.ejection_base);
+        assert_eq!(c.health.ejection_max, d.health.ejection_max);
+        assert_eq!(c.retries.enabled, d.retries.enabled);
         assert_eq!(c.limits.max_request_body, d.limits.max_request_body);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
     }
@@ -258,6 +451,30 @@ mod tests {
 
         let err = Config::parse("[timeouts]\nconnect = \"three seconds\"").unwrap_err();
         assert!(err.contains("connect"), "{err}");
+    }
+
+    #[test]
+    fn per_backend_overrides_and_strategy() {
+        let text = r#"
+            balance = "queue-aware"
+            [timeouts]
+            idle = "5s"
+            [[backends]]
+            url = "http://127.0.0.1:8000"
+            weight = 3
+            timeouts = { first_token = "250ms" }
+        "#;
+        let mut c = Config::parse(text).unwrap();
+        c.normalise();
+        c.validate().unwrap();
+        assert_eq!(c.balance, Strategy::QueueAware);
+        let t = c.timeouts.with(&c.backends[0].timeouts);
+        assert_eq!(t.first_token, Duration::from_millis(250));
+        assert_eq!(t.idle, Duration::from_secs(5));
+        assert_eq!(c.backends[0].weight, 3);
+        c.backends[0].timeouts.total = Some(Duration::ZERO);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("backends[0].timeouts.total"), "{err}");
     }
 
     #[test]

@@ -87,8 +87,7 @@ pub async fn run(args: DemoArgs) -> std::io::Result<()> {
         models: vec![model.clone()],
         backends: vec![BackendConfig {
             name: "sim-0".into(),
-            url: format!("http://{sim_addr}"),
-            models: vec![],
+            ..BackendConfig::new(format!("http://{sim_addr}"))
         }],
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()

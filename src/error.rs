@@ -17,8 +17,12 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     ClientBody(String),
-    #[error("no backend is configured")]
+    #[error("no backend is available for this request")]
     NoBackend,
+    #[error("The model `{0}` does not exist.")]
+    UnknownModel(String),
+    #[error("backend {backend} did not answer in time ({kind} timeout)")]
+    Timeout { backend: String, kind: &'static str },
     #[error("backend {backend} is unavailable: {reason}")]
     Connect { backend: String, reason: String },
     #[error("backend {backend} failed before answering: {reason}")]
@@ -33,32 +37,35 @@ impl GatewayError {
             GatewayError::InvalidJson(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::NoBackend
-            | GatewayError::Connect { .. }
-            | GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            GatewayError::Connect { .. } | GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
-    /// The `weir_errors_total{kind}` label.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
+    /// The `weir_errors_total{kind}` label; None for timeouts (`weir_timeouts_total`).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        Some(match self {
             GatewayError::InvalidJson(_)
             | GatewayError::BadRequest(_)
             | GatewayError::ClientBody(_) => ErrorKind::BadRequest,
             GatewayError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             GatewayError::NoBackend => ErrorKind::NoBackend,
+            GatewayError::UnknownModel(_) => ErrorKind::BadRequest,
             GatewayError::Upstream { .. } => ErrorKind::Protocol,
-            GatewayError::Connect { .. } | GatewayError::ConnectTimeout { .. } => {
-                ErrorKind::Connect
-            }
-        }
+            GatewayError::Connect { .. } => ErrorKind::Connect,
+            GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => return None,
+        })
     }
 
     /// OpenAI's error `type` for this status.
     fn openai_type(&self) -> &'static str {
         match self.status() {
             StatusCode::BAD_REQUEST => "BadRequestError",
+            StatusCode::NOT_FOUND => "NotFoundError",
             StatusCode::PAYLOAD_TOO_LARGE => "RequestTooLargeError",
             StatusCode::GATEWAY_TIMEOUT => "TimeoutError",
             _ => "ServiceUnavailableError",
@@ -78,6 +85,10 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, GatewayError::NoBackend) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         res
     }
 }
@@ -104,6 +115,6 @@ mod tests {
         assert_eq!(v["error"]["code"], 502);
         assert_eq!(v["error"]["type"], "ServiceUnavailableError");
         assert!(v["error"]["message"].as_str().unwrap().contains("b1"));
-        assert_eq!(e.kind(), ErrorKind::Connect);
+        assert_eq!(e.kind(), Some(ErrorKind::Connect));
     }
 }

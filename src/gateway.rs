@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::app::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::{admin, server};
+use crate::{admin, health, server};
 
 /// Handle on a gateway started with [`start`].
 pub struct Gateway {
@@ -21,6 +21,7 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    health: JoinHandle<()>,
 }
 
 /// Binds both listeners of a validated config and starts serving.
@@ -33,6 +34,7 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState::new(config, metrics));
     let (stop, rx) = watch::channel(false);
+    let rx2 = rx.clone();
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -48,13 +50,15 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
         stopped(rx),
         grace,
     ));
-    tracing::info!(%addr, %admin_addr, backends = state.backends.all().len(), "weir is serving");
+    let health = tokio::spawn(health::run(state.clone(), rx2));
+    tracing::info!(%addr, %admin_addr, backends = state.pool().backends.len(), "weir is serving");
     Ok(Gateway {
         addr,
         admin_addr,
         state,
         stop,
         tasks: vec![proxy, admin],
+        health,
     })
 }
 
@@ -62,6 +66,7 @@ impl Gateway {
     /// Stops accepting, waits for open requests up to the configured grace period.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let _ = self.health.await;
         for t in self.tasks {
             match t.await {
                 Ok(Ok(())) => {}
@@ -70,6 +75,25 @@ impl Gateway {
             }
         }
         tracing::info!("weir stopped");
+    }
+}
+
+impl Gateway {
+    /// Loads and validates `path` and, when it is good, switches to its backends, balancing,
+    /// health and timeouts; otherwise keeps the running config and says why. Listeners and
+    /// limits need a restart.
+    pub fn reload_from(
+        &self,
+        path: &std::path::Path,
+        overrides: impl Fn(&mut Config),
+    ) -> Result<(), crate::config::ConfigError> {
+        let mut config = Config::load(path)?;
+        overrides(&mut config);
+        config.normalise();
+        config.validate()?;
+        self.state.reload(config);
+        tracing::info!(path = %path.display(), backends = self.state.pool().backends.len(), "config reloaded");
+        Ok(())
     }
 }
 

@@ -6,9 +6,12 @@
 //!        ──► stack     (catch panic, x-request-id)                             app.rs
 //!        ──► inspect   (read the JSON body once: model, stream, max_tokens;
 //!                       inject stream_options.include_usage when streaming)   inspect.rs
-//!        ──► balance   (pick a backend: round-robin, passive up/down)          balance.rs
+//!        ──► route     (model → the backends serving it; unknown model → 404)  balance.rs
+//!        ──► balance   (P2C on outstanding requests, queue-aware or weighted
+//!                       round-robin; active + passive health)                  balance.rs, health.rs
 //!        ──► forward   (pooled hyper-util client, hop-by-hop hygiene,
-//!                       x-forwarded-*, traceparent, connect timeout)           forward.rs
+//!                       x-forwarded-*, traceparent, retry once before the
+//!                       first byte, connect/first-token/idle/total timeouts)   forward.rs, app.rs
 //!        ◄── observe   (body wrapper parsing SSE as it passes: TTFT, ITL,
 //!                       usage, outcome; finishes exactly once)                 observe/
 //!        ◄── metrics · access log                                             metrics.rs, observe.rs
@@ -25,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod health;
 pub mod inspect;
 pub mod metrics;
 pub mod observe;

@@ -83,7 +83,8 @@ fn main() -> ExitCode {
             run(weir::demo::run(args))
         }
         None => {
-            let config = match gateway_config(cli.gateway) {
+            let args = cli.gateway;
+            let config = match gateway_config(&args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
             weir::telemetry::init_logging("info");
             run(async move {
                 let gw = weir::gateway::start(config).await?;
-                weir::gateway::shutdown_signal().await;
+                serve_until_stopped(&gw, &args).await;
                 gw.shutdown().await;
                 Ok(())
             })
@@ -101,11 +102,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn gateway_config(args: GatewayArgs) -> Result<Config, weir::config::ConfigError> {
+/// Waits for SIGTERM / Ctrl-C; SIGHUP reloads the config file in the meantime.
+async fn serve_until_stopped(gw: &weir::gateway::Gateway, args: &GatewayArgs) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return weir::gateway::shutdown_signal().await;
+        };
+        let stop = weir::gateway::shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = hup.recv() => match &args.config {
+                    Some(path) => {
+                        if let Err(e) = gw.reload_from(path, |c| apply_flags(args, c)) {
+                            tracing::error!(error = %e, "reload refused: keeping the running config");
+                        }
+                    }
+                    None => tracing::warn!("SIGHUP: there is no --config file to reload"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    weir::gateway::shutdown_signal().await
+}
+
+/// The config file (or defaults) with the command line's flags applied.
+fn gateway_config(args: &GatewayArgs) -> Result<Config, weir::config::ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    apply_flags(args, &mut config);
+    config.normalise();
+    config.validate()?;
+    Ok(config)
+}
+
+fn apply_flags(args: &GatewayArgs, config: &mut Config) {
     if let Some(l) = args.listen {
         config.listen = l;
     }
@@ -113,20 +150,9 @@ fn gateway_config(args: GatewayArgs) -> Result<Config, weir::config::ConfigError
         config.admin_listen = l;
     }
     if !args.backends.is_empty() {
-        config.backends = args
-            .backends
-            .into_iter()
-            .map(|url| BackendConfig {
-                name: String::new(),
-                url,
-                models: Vec::new(),
-            })
-            .collect();
+        config.backends = args.backends.iter().map(BackendConfig::new).collect();
     }
-    config.models.extend(args.models);
-    config.normalise();
-    config.validate()?;
-    Ok(config)
+    config.models.extend(args.models.iter().cloned());
 }
 
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {

@@ -109,6 +109,9 @@ impl ErrorKind {
     }
 }
 
+/// Closed set of `weir_retries_total{reason}` values.
+pub const RETRY_REASONS: [&str; 2] = ["connect", "unavailable"];
+
 /// Closed set of `weir_timeouts_total{kind}` values.
 pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];
 
@@ -126,9 +129,14 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Most model label values; models discovered beyond this are counted as `other`.
+pub const MAX_MODELS: usize = 256;
+
 struct Inner {
     registry: Registry,
-    models: Vec<String>,
+    models: RwLock<Vec<Arc<str>>>,
+    other: Arc<str>,
+    retries: IntCounterVec,
     ttft: HistogramVec,
     tpot: HistogramVec,
     itl: HistogramVec,
@@ -145,7 +153,7 @@ struct Inner {
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
 }
 
-type SeriesKey = (usize, Operation, Arc<str>);
+type SeriesKey = (Arc<str>, Operation, Arc<str>);
 
 /// The label-resolved series of one (model, operation, backend): looked up once per
 /// request so that per-token observations are a plain atomic update.
@@ -206,7 +214,13 @@ impl Metrics {
         let with = |extra: &'static str| [MODEL, OPERATION, BACKEND, extra];
         let inner = Inner {
             registry: Registry::new(),
-            models,
+            models: RwLock::new(Vec::new()),
+            other: OTHER.into(),
+            retries: counter(
+                "weir_retries_total",
+                "Requests retried on another backend, by reason.",
+                &["reason"],
+            ),
             ttft: hist(
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time from the request head to the first content-bearing event sent to the client.",
@@ -311,22 +325,45 @@ impl Metrics {
         for k in TIMEOUT_KINDS {
             inner.timeouts.with_label_values(&[k]);
         }
-        Metrics {
+        for r in RETRY_REASONS {
+            inner.retries.with_label_values(&[r]);
+        }
+        let metrics = Metrics {
             inner: Arc::new(inner),
+        };
+        metrics.add_models(&models);
+        metrics
+    }
+
+    /// Adds model names to the label set (configured or discovered), up to [`MAX_MODELS`].
+    pub fn add_models(&self, models: &[String]) {
+        let Ok(mut known) = self.inner.models.write() else {
+            return;
+        };
+        for m in models {
+            if m.as_str() == OTHER || known.iter().any(|k| &**k == m) {
+                continue;
+            }
+            if known.len() >= MAX_MODELS {
+                tracing::warn!(model = %m, "too many models: counted as `other`");
+                continue;
+            }
+            known.push(m.as_str().into());
         }
     }
 
-    /// The label value for a requested model: itself when configured, `other` otherwise.
-    pub fn model_index(&self, model: Option<&str>) -> usize {
-        let models = &self.inner.models;
-        model
-            .and_then(|m| models.iter().position(|k| k == m))
-            .unwrap_or(models.len())
+    /// The label value for a requested model: itself when known, `other` otherwise.
+    pub fn model_label(&self, model: Option<&str>) -> Arc<str> {
+        let found = model.and_then(|m| {
+            let known = self.inner.models.read().ok()?;
+            known.iter().find(|k| &***k == m).cloned()
+        });
+        found.unwrap_or_else(|| self.inner.other.clone())
     }
 
     /// The series of one (model, operation, backend), created on first use.
-    pub fn series(&self, model: usize, op: Operation, backend: &Arc<str>) -> Arc<Series> {
-        let key = (model, op, backend.clone());
+    pub fn series(&self, model: &Arc<str>, op: Operation, backend: &Arc<str>) -> Arc<Series> {
+        let key = (model.clone(), op, backend.clone());
         if let Some(s) = self
             .inner
             .series
@@ -337,7 +374,7 @@ impl Metrics {
             return s;
         }
         let i = &self.inner;
-        let model_label = i.models.get(model).map_or(OTHER, String::as_str);
+        let model_label: &str = model;
         let l = [model_label, op.as_str(), backend];
         let t = |x: &'static str| [model_label, op.as_str(), backend, x];
         let s = Arc::new(Series {
@@ -364,6 +401,10 @@ impl Metrics {
         self.inner.errors.with_label_values(&[kind.as_str()]).inc();
     }
 
+    pub fn retry(&self, reason: &str) {
+        self.inner.retries.with_label_values(&[reason]).inc();
+    }
+
     pub fn timeout(&self, kind: &str) {
         self.inner.timeouts.with_label_values(&[kind]).inc();
     }
@@ -377,6 +418,14 @@ impl Metrics {
             .backend_up
             .with_label_values(&[backend])
             .set(i64::from(up));
+    }
+
+    /// Forgets a backend removed by a reload.
+    pub fn remove_backend(&self, backend: &str) {
+        let _ = self.inner.backend_up.remove_label_values(&[backend]);
+        if let Ok(mut m) = self.inner.series.write() {
+            m.retain(|k, _| &*k.2 != backend);
+        }
     }
 
     /// The registry, for readers inside the process (the demo's summary).
@@ -402,13 +451,16 @@ mod tests {
     #[test]
     fn unknown_models_are_other_and_series_are_cached() {
         let m = Metrics::new(vec!["a".into(), "b".into()]);
-        assert_eq!(m.model_index(Some("b")), 1);
-        assert_eq!(m.model_index(Some("zzz")), 2);
-        assert_eq!(m.model_index(None), 2);
+        assert_eq!(&*m.model_label(Some("b")), "b");
+        assert_eq!(&*m.model_label(Some("zzz")), OTHER);
+        assert_eq!(&*m.model_label(None), OTHER);
+        m.add_models(&["zzz".into()]);
+        assert_eq!(&*m.model_label(Some("zzz")), "zzz");
         let be: Arc<str> = "be".into();
-        let s = m.series(2, Operation::Chat, &be);
+        let other = m.model_label(Some("nope"));
+        let s = m.series(&other, Operation::Chat, &be);
         assert_eq!(s.model(), OTHER);
-        assert!(Arc::ptr_eq(&s, &m.series(2, Operation::Chat, &be)));
+        assert!(Arc::ptr_eq(&s, &m.series(&other, Operation::Chat, &be)));
         s.ttft.observe(0.2);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(

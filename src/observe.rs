@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
+use crate::balance::Load;
+use crate::config::Timeouts;
 use crate::metrics::{Metrics, Operation, Series};
 use sse::{EventInfo, Usage};
 
@@ -107,6 +109,10 @@ pub struct Exchange {
     pub status: StatusCode,
     pub series: Arc<Series>,
     pub metrics: Metrics,
+    /// Counts as load on the backend until the exchange is dropped.
+    pub load: Option<Load>,
+    /// The backend's timeouts (first token, idle, total).
+    pub timeouts: Timeouts,
 }
 
 /// What the response body showed, filled in as it passes.

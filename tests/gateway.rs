@@ -224,18 +224,27 @@ async fn a_stream_cut_by_the_backend_is_an_upstream_error() {
     let mut req = post(gw.addr, "/v1/chat/completions", &chat(true, 10));
     req.headers_mut()
         .insert("x-sim-fault", "close=3".parse().unwrap());
-    let res = open(&client(), req).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let err = http_body_util::BodyExt::collect(res.into_body()).await;
-    assert!(
-        err.is_err(),
-        "the client sees the stream break, not a clean end"
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    // The client gets an error event and a clean end, never a hang.
+    let events = sse_data(&body);
+    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["code"], 502, "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(
+        events.iter().filter(|e| e.contains("\"content\"")).count(),
+        4,
+        "role chunk + 3 tokens"
     );
-    let outcome = [CHAT[0], ("outcome", "upstream_error")];
-    let m = wait_for_metrics(gw.admin_addr, "the broken stream", |m| {
-        sum(m, "weir_requests_total", &outcome) == Some(1.0)
-    })
-    .await;
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        value(
+            &m,
+            "weir_requests_total",
+            &[CHAT[0], ("outcome", "upstream_error")]
+        ),
+        1.0
+    );
     assert_eq!(
         value(&m, "weir_errors_total", &[("kind", "stream_error")]),
         1.0
@@ -243,27 +252,33 @@ async fn a_stream_cut_by_the_backend_is_an_upstream_error() {
 }
 
 #[tokio::test]
-async fn a_backend_that_is_down_gives_an_openai_error() {
+async fn a_backend_that_is_down_gives_an_openai_error_and_is_ejected() {
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
     let gw = start_gateway(&[dead]).await;
-    let (status, headers, body) = send(
-        &client(),
-        post(gw.addr, "/v1/chat/completions", &chat(true, 5)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(headers["content-type"], "application/json");
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["error"]["code"], 502);
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unavailable")
-    );
+    let c = client();
+    // Three failed connects (the passive threshold) eject the backend.
+    for _ in 0..3 {
+        let (status, headers, body) =
+            send(&c, post(gw.addr, "/v1/chat/completions", &chat(true, 5))).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(headers["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], 502);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unavailable")
+        );
+    }
+    // Then the gateway answers at once: 503 with Retry-After.
+    let (status, headers, _) =
+        send(&c, post(gw.addr, "/v1/chat/completions", &chat(true, 5))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
     let m = scrape(gw.admin_addr).await;
     assert_eq!(
         value(
@@ -271,12 +286,20 @@ async fn a_backend_that_is_down_gives_an_openai_error() {
             "weir_requests_total",
             &[CHAT[0], ("outcome", "unavailable"), ("code", "5xx")]
         ),
+        4.0
+    );
+    assert_eq!(value(&m, "weir_errors_total", &[("kind", "connect")]), 3.0);
+    assert_eq!(
+        value(&m, "weir_errors_total", &[("kind", "no_backend")]),
         1.0
     );
-    assert_eq!(value(&m, "weir_errors_total", &[("kind", "connect")]), 1.0);
     assert_eq!(value(&m, "weir_backend_up", &[]), 0.0);
     let (ready, _) = get_text(gw.admin_addr, "/readyz").await;
     assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+    let (_, backends) = get_text(gw.admin_addr, "/backends").await;
+    let v: serde_json::Value = serde_json::from_str(&backends).unwrap();
+    assert_eq!(v["backends"][0]["state"], "ejected");
+    assert_eq!(v["backends"][0]["last_error"], "connect");
 }
 
 #[tokio::test]
@@ -494,7 +517,9 @@ async fn backends_take_turns() {
         start_sim(SimConfig::fast()).await,
         start_sim(SimConfig::fast()).await,
     ];
-    let gw = start_gateway(&sims).await;
+    let mut config = gateway_config(&sims);
+    config.balance = weir::config::Strategy::RoundRobin;
+    let gw = weir::gateway::start(config).await.unwrap();
     let c = client();
     for _ in 0..6 {
         let (status, _, _) = send(&c, post(gw.addr, "/v1/chat/completions", &chat(true, 2))).await;

@@ -176,8 +176,14 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         strip_usage,
         backend: backend.clone(),
         status: StatusCode::OK,
-        series: metrics.series(0, Operation::Chat, &backend),
+        series: metrics.series(
+            &metrics.model_label(Some("tiny-llama")),
+            Operation::Chat,
+            &backend,
+        ),
         metrics: metrics.clone(),
+        load: None,
+        timeouts: weir::config::Timeouts::default(),
     };
     let upstream = Chunks(chunks.into());
     let body = ObservedBody::new(upstream, ex, Some(b"text/event-stream; charset=utf-8"));

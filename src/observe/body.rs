@@ -6,9 +6,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+
+/// Errors passed to the client's connection.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use super::sse::{self, SseParser};
 use super::{Exchange, Measurement, Outcome, record};
@@ -56,6 +60,9 @@ pub struct Observer {
     ex: Exchange,
     meas: Measurement,
     mode: Mode,
+    /// When the last frame arrived (the response head at first): the idle timeout's start.
+    last_frame: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> ObservedBody<B> {
@@ -81,6 +88,8 @@ impl<B> ObservedBody<B> {
         ObservedBody {
             inner,
             observer: Some(Box::new(Observer {
+                last_frame: Instant::now(),
+                timer: None,
                 ex,
                 meas: Measurement::default(),
                 mode,
@@ -93,7 +102,15 @@ impl<B> ObservedBody<B> {
 impl Observer {
     /// Takes in one data frame; returns what goes to the client (None: nothing yet).
     fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let Observer { ex, meas, mode } = self;
+        let Observer {
+            ex,
+            meas,
+            mode,
+            last_frame,
+            ..
+        } = self;
+        let now = Instant::now();
+        *last_frame = now;
         match mode {
             Mode::Plain => Some(chunk),
             Mode::Json { frames, len } => {
@@ -106,7 +123,6 @@ impl Observer {
                 Some(chunk)
             }
             Mode::Sse { parser, strip } => {
-                let now = Instant::now();
                 let base = parser.offset();
                 let series = &ex.series;
                 let mut actions = Vec::new();
@@ -206,22 +222,37 @@ fn join(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
 impl<B> Body for ObservedBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if *this.ended {
             return Poll::Ready(None);
         }
         loop {
-            let frame = ready!(this.inner.as_mut().poll_frame(cx));
+            let polled = this.inner.as_mut().poll_frame(cx);
             let Some(obs) = this.observer.as_mut() else {
-                return Poll::Ready(frame);
+                return polled.map(|f| f.map(|r| r.map_err(Into::into)));
+            };
+            let frame = match polled {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    let kind = ready!(obs.poll_deadline(cx));
+                    let obs = this.observer.take().expect("observer present");
+                    *this.ended = true;
+                    let message = format!("the backend sent nothing in time ({kind} timeout)");
+                    return Poll::Ready(obs.end_with_error(
+                        Outcome::Timeout(kind),
+                        &message,
+                        StatusCode::GATEWAY_TIMEOUT,
+                    ));
+                }
             };
             match frame {
                 Some(Ok(frame)) => {
@@ -247,10 +278,16 @@ where
                 }
                 Some(Err(e)) => {
                     // The upstream body broke mid-way (reset, truncated chunk).
+                    let e: BoxError = e.into();
                     let mut obs = this.observer.take().expect("observer present");
                     obs.meas.stream_error = true;
-                    obs.finish(Outcome::UpstreamError);
-                    return Poll::Ready(Some(Err(e)));
+                    *this.ended = true;
+                    let message = format!("the backend's stream broke: {e}");
+                    return Poll::Ready(obs.end_with_error(
+                        Outcome::UpstreamError,
+                        &message,
+                        StatusCode::BAD_GATEWAY,
+                    ));
                 }
                 None => {
                     let rest = obs.flush();
@@ -281,7 +318,86 @@ where
     }
 }
 
+/// The upstream stream ended badly and the client's cannot be ended with an error event.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamAborted(String);
+
 impl Observer {
+    /// The next deadline: first token (streams, until it came), idle since the last frame,
+    /// and the total.
+    fn deadline(&self) -> (Instant, &'static str) {
+        let t = &self.ex.timeouts;
+        let mut d = (self.last_frame + t.idle, "idle");
+        let total = self.ex.t0 + t.total;
+        if total <= d.0 {
+            d = (total, "total");
+        }
+        if self.meas.first_token.is_none() && matches!(self.mode, Mode::Sse { .. }) {
+            let first = self.ex.sent + t.first_token;
+            if first <= d.0 {
+                d = (first, "first_token");
+            }
+        }
+        d
+    }
+
+    /// Ready with the kind of timeout once the deadline passes. The timer is re-armed only
+    /// when it fires or the deadline moves earlier, not on every frame.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        loop {
+            let (at, kind) = self.deadline();
+            let sleep = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if at < sleep.deadline() {
+                sleep.as_mut().reset(at);
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if Instant::now() >= at {
+                return Poll::Ready(kind);
+            }
+            sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Ends the response early: an event stream gets what was held back, an error event
+    /// and `[DONE]`, and ends cleanly; any other body is cut with an error.
+    fn end_with_error(
+        mut self: Box<Self>,
+        outcome: Outcome,
+        message: &str,
+        status: StatusCode,
+    ) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let tail = match &mut self.mode {
+            Mode::Sse { parser, strip } => {
+                let mut out = BytesMut::new();
+                if let Some(held) = strip.as_mut().and_then(Strip::flush) {
+                    out.extend_from_slice(&held);
+                }
+                if !parser.at_boundary() {
+                    out.extend_from_slice(b"\n\n");
+                }
+                let kind = if status == StatusCode::GATEWAY_TIMEOUT {
+                    "TimeoutError"
+                } else {
+                    "UpstreamError"
+                };
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&crate::error::openai_error_body(message, kind, status));
+                out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                Some(out.freeze())
+            }
+            _ => None,
+        };
+        tracing::debug!(request_id = %self.ex.request_id, message, "response ended early");
+        self.finish(outcome);
+        match tail {
+            Some(b) => Some(Ok(Frame::data(b))),
+            None => Some(Err(Box::new(StreamAborted(message.to_string())))),
+        }
+    }
+
     fn holds_bytes(&self) -> bool {
         matches!(&self.mode, Mode::Sse { strip: Some(s), .. } if !s.pending.is_empty())
     }

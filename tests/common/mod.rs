@@ -37,11 +37,7 @@ pub fn gateway_config(backends: &[SocketAddr]) -> Config {
         models: vec!["tiny-llama".into()],
         backends: backends
             .iter()
-            .map(|a| BackendConfig {
-                name: String::new(),
-                url: format!("http://{a}"),
-                models: vec![],
-            })
+            .map(|a| BackendConfig::new(format!("http://{a}")))
             .collect(),
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
