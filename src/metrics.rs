@@ -305,6 +305,7 @@ impl Metrics {
             &inner.errors,
             &inner.timeouts,
             &inner.tokens,
+            &inner.retries,
         ] {
             r.register(Box::new(c.clone()))
                 .expect("unique metric names");

@@ -195,3 +195,63 @@ async fn next(
         .expect("a log line in time")
         .expect("weir still running")
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let a = start_sim(SimConfig::fast()).await;
+    let b = start_sim(SimConfig::fast()).await;
+    let dir = std::env::temp_dir().join(format!("weir-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weir.toml");
+    let file = |backend: std::net::SocketAddr| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[[backends]]\nurl = \"http://{backend}\"\n"
+        )
+    };
+    std::fs::write(&path, file(a)).unwrap();
+    let mut child = Child(
+        Command::new(WEIR)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let serving = loop {
+        let v = next(&mut rx).await;
+        if v["message"] == "weir is serving" {
+            break v;
+        }
+    };
+    let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
+    std::fs::write(&path, file(b)).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    loop {
+        let v = next(&mut rx).await;
+        if v["message"] == "config reloaded" {
+            break;
+        }
+    }
+    let (_, backends) = get_text(admin, "/backends").await;
+    assert!(
+        backends.contains(&b.to_string()) && !backends.contains(&a.to_string()),
+        "{backends}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,39 @@ pub async fn start_sim(config: SimConfig) -> SocketAddr {
     addr
 }
 
+/// A simulator that can be stopped (a backend that dies) and started again on its address.
+pub struct StoppableSim {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl StoppableSim {
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> StoppableSim {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sim::serve(listener, config, async move {
+            let _ = rx.await;
+        }));
+        StoppableSim {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving: the port refuses connections once this returns.
+    pub async fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// The gateway's config for the given backends, both listeners on 127.0.0.1:0.
 pub fn gateway_config(backends: &[SocketAddr]) -> Config {
     let mut c = Config {
