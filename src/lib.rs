@@ -18,11 +18,13 @@
 //! ```
 //!
 //! `admin.rs` serves `/metrics`, `/healthz`, `/readyz`, `/backends`; `gateway.rs` starts
-//! both listeners; `sim.rs` is the vLLM simulator; `demo.rs` runs both with a load.
+//! both listeners; `sim.rs` is the vLLM simulator; `demo.rs` runs both with a load;
+//! `bench.rs` is the client-side load generator.
 
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -45,6 +45,8 @@ enum Command {
     Sim(weir::sim::SimConfig),
     /// Run the simulator and the gateway in one process with a short load, then summarise.
     Demo(weir::demo::DemoArgs),
+    /// Load-test an OpenAI-compatible endpoint and report TTFT, ITL, TPOT, e2e and goodput.
+    Bench(weir::bench::BenchArgs),
     /// Validate a config file.
     Check {
         #[arg(long, short = 'c')]
@@ -77,6 +79,10 @@ fn main() -> ExitCode {
                 tracing::info!(addr = %listener.local_addr()?, model = %sim.model, "simulator serving");
                 weir::sim::serve(listener, sim, weir::gateway::shutdown_signal()).await
             })
+        }
+        Some(Command::Bench(args)) => {
+            weir::telemetry::init_logging("warn");
+            run(weir::bench::run(args))
         }
         Some(Command::Demo(args)) => {
             weir::telemetry::init_logging("warn");

@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Gateway overhead benchmark: the same `weir bench` load sent three ways in interleaved
+rounds — straight to `weir sim`, through weir, and through nginx (a plain proxy that measures
+nothing) — at several concurrencies. Writes the table to BENCHMARKS.md.
+
+Pinning (2 cores): the load generator and the simulator share core 0, the proxy under test
+(weir, or nginx's single worker) has core 1 to itself, so its CPU time is its own and
+neither proxy competes with the load for a core.
+
+    python3 bench/overhead.py                     # defaults: 16,256,2048 streams, 3 rounds
+    python3 bench/overhead.py --levels 16,256 --rounds 1 --duration 5   # quick look
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIR = os.path.join(ROOT, "target", "release", "weir")
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start(cmd, core, **kw):
+    return subprocess.Popen(["taskset", "-c", str(core)] + cmd, preexec_fn=raise_nofile, **kw)
+
+
+def wait_port(port, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on port {port}")
+
+
+def children(pid):
+    """pid and all its descendants (nginx: master and worker)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / TICK
+
+
+def rss_bytes(pid):
+    total = 0
+    for p in children(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total
+
+
+def nginx_conf(tmp, port, upstream):
+    return f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+worker_rlimit_nofile 65535;
+daemon off;
+events {{ worker_connections 16384; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream vllm {{ server {upstream}; keepalive 4096; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=8192;
+        location / {{
+            proxy_pass http://vllm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def histogram_quantiles(text, name, qs):
+    """Quantiles of a Prometheus histogram (all series summed), as histogram_quantile does."""
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets, qs
+
+
+def quantile_from_buckets(buckets, q):
+    items = sorted(buckets.items())
+    if not items or items[-1][1] == 0:
+        return None
+    rank = q * items[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in items:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def scrape(port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return histogram_quantiles(text, name, None)[0]
+
+
+def run_bench(url, level, args, tmp):
+    out = os.path.join(tmp, "bench.json")
+    # The simulated token rate is capped so that the load generator and the simulator (one
+    # core between them) keep up: ITL grows with the number of streams beyond the cap.
+    itl_ms = max(args.itl_ms, level * 1000.0 / args.max_token_rate)
+    cmd = [WEIR, "bench", "--url", url, "--concurrency", str(level), "--duration", f"{args.duration}s",
+           "--warmup", f"{args.warmup}s", "--max-tokens", str(args.max_tokens), "--prompt-tokens", "64",
+           "--header", f"x-sim-itl-ms:{itl_ms:.3f}", "--json", out]
+    p = start(cmd, 0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, out
+
+
+def measure(name, url, pid, level, args, tmp):
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    p, out = run_bench(url, level, args, tmp)
+    peak = 0
+    while p.poll() is None:
+        if pid:
+            peak = max(peak, rss_bytes(pid))
+        time.sleep(0.2)
+    if p.returncode != 0:
+        sys.exit(f"weir bench failed against {name}")
+    cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
+    with open(out) as f:
+        r = json.load(f)[0]
+    return {"target": name, "level": level, "cpu": cpu, "rss": peak, "report": r}
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="16,256,2048")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per run")
+    ap.add_argument("--ttft", default="20ms")
+    ap.add_argument("--itl-ms", type=float, default=20.0, help="simulated time per token")
+    ap.add_argument("--max-token-rate", type=float, default=40000.0,
+                    help="cap on the simulated tokens/s over all streams (ITL grows beyond it)")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before each run")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
+    if not shutil.which("nginx"):
+        if os.geteuid() != 0:
+            sys.exit("nginx is needed: apt-get install nginx")
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], check=True)
+
+    tmp = tempfile.mkdtemp(prefix="weir-bench-")
+    procs = []
+    try:
+        sim_port, weir_port, admin_port, nginx_port = free_port(), free_port(), free_port(), free_port()
+        sim = start([WEIR, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", args.ttft,
+                     "--max-num-seqs", "100000"], 0, stdout=subprocess.DEVNULL)
+        procs.append(sim)
+        wait_port(sim_port)
+        upstream = f"127.0.0.1:{sim_port}"
+        weir = start([WEIR, "--listen", f"127.0.0.1:{weir_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+                      "--backend", f"http://{upstream}", "--model", "tiny-llama"], 1,
+                     stdout=open(os.path.join(tmp, "weir-access.log"), "w"), env=dict(os.environ, RUST_LOG="info"))
+        procs.append(weir)
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(tmp, nginx_port, upstream))
+        nginx = start(["nginx", "-c", conf, "-p", tmp], 1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(nginx)
+        for port in (weir_port, nginx_port):
+            wait_port(port)
+        time.sleep(0.5)
+        idle_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
+        targets = {
+            "direct": (f"http://{upstream}", None),
+            "weir": (f"http://127.0.0.1:{weir_port}", weir.pid),
+            "nginx": (f"http://127.0.0.1:{nginx_port}", nginx.pid),
+        }
+        results = []
+        overhead = {}
+        for level in levels:
+            before = scrape(admin_port, "weir_gateway_overhead_seconds")
+            for rnd in range(args.rounds):
+                order = list(targets)
+                random.shuffle(order)
+                for name in order:
+                    url, pid = targets[name]
+                    r = measure(name, url, pid, level, args, tmp)
+                    r["round"] = rnd
+                    results.append(r)
+                    rep = r["report"]
+                    print(f"{level:>5} streams  round {rnd}  {name:<6}  TTFT p50 {rep['ttft']['p50']*1e3:7.2f} ms"
+                          f"  p99 {rep['ttft']['p99']*1e3:7.2f} ms  ITL p99 {rep['itl']['p99']*1e3:7.2f} ms"
+                          f"  errors {rep['errors']}  cpu {r['cpu']:.2f} s", flush=True)
+            after = scrape(admin_port, "weir_gateway_overhead_seconds")
+            delta = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+            overhead[level] = (quantile_from_buckets(delta, 0.5), quantile_from_buckets(delta, 0.99))
+        time.sleep(3)
+        settled_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
+        write_report(args, levels, results, overhead, idle_rss, settled_rss)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_report(args, levels, results, overhead, idle_rss, settled_rss):
+    def pick(level, target, f):
+        return median([f(r) for r in results if r["level"] == level and r["target"] == target])
+
+    rows, checks = [], []
+    ms = lambda v: "–" if v is None else f"{v * 1e3:.3f}"
+    for level in levels:
+        d = {t: {k: pick(level, t, lambda r, k=k: r["report"][k[0]][k[1]]) for k in
+                 [("ttft", "p50"), ("ttft", "p99"), ("itl", "p50"), ("itl", "p99")]} for t in ("direct", "weir", "nginx")}
+        tokens = {t: pick(level, t, lambda r: r["report"]["output_tokens"]) for t in ("weir", "nginx")}
+        reqs = {t: pick(level, t, lambda r: r["report"]["requests"]) for t in ("weir", "nginx")}
+        cpu = {t: pick(level, t, lambda r: r["cpu"]) for t in ("weir", "nginx")}
+        rss = {t: pick(level, t, lambda r: r["rss"]) for t in ("weir", "nginx")}
+        errors = {t: pick(level, t, lambda r: r["report"]["errors"]) for t in ("direct", "weir", "nginx")}
+        for t in ("weir", "nginx"):
+            add = {k: d[t][k] - d["direct"][k] for k in d[t]}
+            per_tok = cpu[t] / tokens[t] if tokens[t] else None
+            rows.append({
+                "level": level, "proxy": t,
+                "ttft_p50": add[("ttft", "p50")], "ttft_p99": add[("ttft", "p99")],
+                "itl_p50": add[("itl", "p50")], "itl_p99": add[("itl", "p99")],
+                "cpu_per_1k_req": cpu[t] / reqs[t] * 1000 if reqs[t] else None,
+                "cpu_per_100k_tok": per_tok * 1e5 if per_tok else None,
+                "tok_per_core_s": 1 / per_tok if per_tok else None,
+                "rss": rss[t], "errors": errors[t],
+            })
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    lines = [
+        "# Benchmarks", "",
+        f"Gateway overhead, measured {datetime.date.today().isoformat()} at commit `{commit}` on "
+        f"{os.cpu_count()} cores ({cpu_model}) with:", "",
+        f"    python3 bench/overhead.py --levels {args.levels} --rounds {args.rounds} --duration {args.duration} "
+        f"--ttft {args.ttft} --itl-ms {args.itl_ms:g} --max-token-rate {args.max_token_rate:g} "
+        f"--warmup {args.warmup} --max-tokens {args.max_tokens}", "",
+        "`weir sim` is the backend (TTFT and ITL as above, every request streams its max_tokens; the ITL "
+        "grows with the number of streams beyond the token-rate cap, so that the load generator and the "
+        "simulator keep up on their one core). After a discarded warm-up, the same "
+        "`weir bench` closed-loop load goes straight to the simulator (direct), through weir, and through "
+        "nginx (`proxy_buffering off`, keepalive upstream, one worker) — in rounds, in shuffled order. "
+        "The load generator and the simulator are pinned to core 0, the proxy under test to core 1 "
+        "(`taskset`). Every figure is the median over the rounds; *added* latencies are the proxy's "
+        "percentile minus the direct run's. CPU is the proxy's user+system time from /proc over the run; "
+        "tokens per core-second is its reciprocal per token (the token rate the proxy could sustain "
+        "with one core to itself). Both proxies write an access log.", "",
+        "| streams | proxy | added TTFT p50 (ms) | added TTFT p99 (ms) | added ITL p50 (ms) | added ITL p99 (ms) "
+        "| CPU s / 1k req | CPU s / 100k tokens | tokens per core-second | peak RSS (MiB) | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['level']} | {r['proxy']} | {ms(r['ttft_p50'])} | {ms(r['ttft_p99'])} | {ms(r['itl_p50'])} | "
+            f"{ms(r['itl_p99'])} | {r['cpu_per_1k_req']:.3f} | {r['cpu_per_100k_tok']:.3f} | "
+            f"{r['tok_per_core_s']:,.0f} | {r['rss'] / 2**20:.1f} | {r['errors']:.0f} |")
+    lines += ["", "weir's own `weir_gateway_overhead_seconds` over the weir runs of each level "
+              "(from its /metrics, interpolated in the histogram's buckets):", "",
+              "| streams | p50 (ms) | p99 (ms) |", "|---:|---:|---:|"]
+    for level in levels:
+        p50, p99 = overhead[level]
+        lines.append(f"| {level} | {ms(p50)} | {ms(p99)} |")
+
+    by = {(r["level"], r["proxy"]): r for r in rows}
+    def verdict(ok):
+        return "met" if ok else "**not met**"
+    targets = []
+    if 256 in levels:
+        w = by[(256, "weir")]
+        targets.append(("Added TTFT p50 ≤ 0.1 ms at 256 streams", f"{ms(w['ttft_p50'])} ms", w["ttft_p50"] <= 0.0001))
+        targets.append(("Added TTFT p99 ≤ 1 ms at 256 streams", f"{ms(w['ttft_p99'])} ms", w["ttft_p99"] <= 0.001))
+    worse = [l for l in levels if by[(l, "weir")]["ttft_p50"] > max(by[(l, "nginx")]["ttft_p50"], 0) + 0.00005]
+    targets.append(("Added TTFT p50 no worse than nginx's at every level (within 0.05 ms)",
+                    ", ".join(f"{l}: weir {ms(by[(l, 'weir')]['ttft_p50'])} / nginx {ms(by[(l, 'nginx')]['ttft_p50'])}" for l in levels),
+                    not worse))
+    itl = max(by[(l, "weir")]["itl_p99"] for l in levels)
+    targets.append(("Added ITL p99 ≤ 0.5 ms", f"worst {ms(itl)} ms", itl <= 0.0005))
+    ratios = [by[(l, "weir")]["cpu_per_100k_tok"] / by[(l, "nginx")]["cpu_per_100k_tok"] for l in levels]
+    targets.append(("CPU per streamed token ≤ 1.5× nginx", ", ".join(f"{l}: {x:.2f}×" for l, x in zip(levels, ratios)),
+                    max(ratios) <= 1.5))
+    top = max(levels)
+    per_stream = (by[(top, "weir")]["rss"] - idle_rss["weir"]) / top
+    targets.append((f"RSS ≤ 32 KiB per stream at {top} streams", f"{per_stream / 1024:.1f} KiB", per_stream <= 32 * 1024))
+    back = settled_rss["weir"] / max(idle_rss["weir"], 1)
+    targets.append(("RSS returns to idle after the load (within 25 %)",
+                    f"idle {idle_rss['weir'] / 2**20:.1f} MiB, after {settled_rss['weir'] / 2**20:.1f} MiB", back <= 1.25))
+    agree = []
+    for l in levels:
+        own = overhead[l][0]
+        agree.append(own is not None and abs(own - by[(l, "weir")]["ttft_p50"]) <= 0.0005)
+    targets.append(("weir_gateway_overhead_seconds p50 agrees with the measured added TTFT p50 (within 0.5 ms)",
+                    ", ".join(f"{l}: {ms(overhead[l][0])} vs {ms(by[(l, 'weir')]['ttft_p50'])}" for l in levels), all(agree)))
+    lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    for name, measured, ok in targets:
+        lines.append(f"| {name} | {measured} | {verdict(ok)} |")
+    lines.append("")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
