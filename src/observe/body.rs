@@ -162,16 +162,20 @@ impl Observer {
     }
 
     /// The outcome of a body that ended cleanly.
+    /// An error event, events that are not JSON, a stream without `[DONE]`, or a streamed
+    /// generation answered with something other than an event stream: the backend failed
+    /// even though its status said 2xx.
     fn final_outcome(&self) -> Outcome {
         let base = Outcome::from_status(self.ex.status);
-        match &self.mode {
-            Mode::Sse { .. }
-                if base == Outcome::Ok && (self.meas.stream_error || !self.meas.done) =>
-            {
-                Outcome::UpstreamError
-            }
-            _ => base,
+        if base != Outcome::Ok {
+            return base;
         }
+        let m = &self.meas;
+        let failed = match &self.mode {
+            Mode::Sse { .. } => m.stream_error || !m.done || m.invalid_events > 0,
+            _ => self.ex.stream && self.ex.operation.is_generation(),
+        };
+        if failed { Outcome::UpstreamError } else { base }
     }
 
     fn finish(mut self: Box<Self>, outcome: Outcome) {
@@ -200,7 +204,7 @@ impl Observer {
             } else {
                 metrics.error(ErrorKind::Protocol);
             }
-        } else if self.meas.invalid_events > 0 {
+        } else if self.meas.invalid_events > 0 || self.meas.degraded {
             metrics.error(ErrorKind::Protocol);
         }
         record(&self.ex, &self.meas, outcome, end);
