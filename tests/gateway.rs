@@ -551,3 +551,29 @@ async fn backends_take_turns() {
     assert_eq!(v["backends"].as_array().map(Vec::len), Some(2));
     assert_eq!(v["backends"][0]["up"], true);
 }
+
+/// The upstream request is dropped within 100 ms of the client going away, whether tokens
+/// are flowing or the backend is silent.
+#[tokio::test]
+async fn the_upstream_is_dropped_promptly_when_the_client_leaves() {
+    let sim = start_sim(sim_with(0, 20)).await;
+    let gw = start_gateway(&[sim]).await;
+    for (i, fault) in [None, Some("stall=2")].into_iter().enumerate() {
+        let c = client();
+        let mut req = post(gw.addr, "/v1/chat/completions", &chat(true, 500));
+        if let Some(f) = fault {
+            req.headers_mut().insert("x-sim-fault", f.parse().unwrap());
+        }
+        let res = open(&c, req).await;
+        let mut body = res.into_body();
+        read_until(&mut body, |b| sse_data(b).len() >= 3).await;
+        let left = tokio::time::Instant::now();
+        drop(body);
+        drop(c);
+        let aborts = (i + 1) as f64;
+        let abort = [("finished_reason", "abort")];
+        wait_for_metrics(sim, "the simulator's abort", |m| sum(m, "vllm:request_success_total", &abort) == Some(aborts)).await;
+        let took = left.elapsed();
+        assert!(took < Duration::from_millis(100), "{fault:?}: upstream dropped after {took:?}");
+    }
+}
