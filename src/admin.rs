@@ -31,7 +31,21 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "method not allowed\n".into(),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/backends") {
+        let token = crate::auth::parse_hash(&state.config().admin.token_sha256);
+        if !crate::auth::admin_allowed(token.as_ref(), req.headers()) {
+            let mut res = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a bearer token is required\n".into(),
+            );
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -5,7 +5,9 @@
 //!    connection;
 //! 2. `SetRequestIdLayer` — keeps the client's `x-request-id` or makes one;
 //! 3. `PropagateRequestIdLayer` — returns it on the response;
-//! 4. `Proxy` — inspect, balance, forward, observe (this file and `forward`, `observe`).
+//! 4. `AuthLayer` — API keys (when configured): 401, or the request's `Tenant`;
+//! 5. `Proxy` — limits, inspect, route, balance, forward, observe (this file and
+//!    `forward`, `balance`, `observe`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::auth::{AuthLayer, Tenant};
 use crate::balance::{Backend, NoPick, Pool};
 use crate::config::Config;
 use crate::error::{GatewayError, openai_error_body};
@@ -100,6 +103,7 @@ pub fn service(state: Arc<AppState>) -> AppService {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(AuthLayer::new(&state.config().auth, state.metrics.clone()))
         .service(Proxy { state });
     BoxCloneService::new(stack)
 }
@@ -189,6 +193,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
     let config = state.config();
     let (mut parts, body) = req.into_parts();
     let operation = Operation::from_path(parts.uri.path());
+    let tenant = parts.extensions.get::<Tenant>().map(|t| t.0.clone());
     let request_id = parts
         .headers
         .get("x-request-id")
@@ -215,8 +220,15 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
             metrics: metrics.clone(),
             load: None,
             timeouts: config.timeouts.clone(),
+            tenant,
+            max_sse_line: config.limits.max_sse_line,
         }),
     };
+    let limit = config.limits.max_in_flight;
+    if limit > 0 && metrics.in_flight().get() > limit as i64 {
+        metrics.rejected("in_flight").inc();
+        return pending.fail(GatewayError::Overloaded, Outcome::Unavailable);
+    }
 
     // Inspect: read a JSON body once (measured and model-bearing endpoints only).
     let body = if operation != Operation::Other && parts.method == Method::POST {
@@ -355,6 +367,9 @@ async fn call_upstream(
         *req.uri_mut() = uri;
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        if let Some(key) = &backend.api_key {
+            req.headers_mut().insert(header::AUTHORIZATION, key.clone());
+        }
         ex.load = Some(backend.load());
         ex.sent = Instant::now();
         let t = &backend.timeouts;

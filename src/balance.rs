@@ -26,6 +26,8 @@ pub struct Backend {
     pub timeouts: Timeouts,
     /// This backend's own connection pool.
     pub client: UpstreamClient,
+    /// `Authorization` for this backend, from its `api_key_env`.
+    pub api_key: Option<http::HeaderValue>,
     /// Models served: configured, or discovered from `/v1/models` (None: not known yet).
     models: RwLock<Option<Arc<[String]>>>,
     pub(crate) models_configured: bool,
@@ -82,6 +84,7 @@ impl Backend {
             weight: cfg.weight.max(1),
             max_concurrency: cfg.max_concurrency,
             client: forward::client(timeouts.connect, timeouts.pool_idle),
+            api_key: cfg.api_key_env.as_deref().and_then(api_key),
             timeouts,
             models_configured: models.is_some(),
             models: RwLock::new(models),
@@ -362,6 +365,20 @@ fn same(old: &Backend, new: &Backend, cfg: &BackendConfig) -> bool {
         && old.timeouts == new.timeouts
         && old.models_configured != cfg.models.is_empty()
         && (!old.models_configured || old.models().as_deref() == Some(&cfg.models[..]))
+}
+
+/// `Bearer <key>` from an environment variable (marked sensitive: never printed).
+fn api_key(var: &str) -> Option<http::HeaderValue> {
+    let key = std::env::var(var).ok().filter(|k| !k.is_empty());
+    if key.is_none() {
+        tracing::warn!(
+            var,
+            "backend api_key_env is not set: the client's Authorization is passed on"
+        );
+    }
+    let mut v = http::HeaderValue::from_str(&format!("Bearer {}", key?)).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// Back-off for the `n`-th consecutive ejection (n ≥ 1).

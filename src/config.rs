@@ -25,6 +25,9 @@ pub struct Config {
     pub health: Health,
     pub retries: Retries,
     pub limits: Limits,
+    /// API keys on the proxy listener.
+    pub auth: crate::auth::AuthConfig,
+    pub admin: Admin,
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -52,6 +55,19 @@ pub struct BackendConfig {
     /// Overrides of the global timeouts for this backend.
     #[serde(default)]
     pub timeouts: TimeoutOverrides,
+    /// Environment variable holding this backend's own API key: it replaces whatever
+    /// `Authorization` the client sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Hex SHA-256 of a bearer token required for `/metrics` and `/backends` (empty: none;
+    /// `/healthz` and `/readyz` stay open for probes).
+    pub token_sha256: String,
 }
 
 fn one() -> u32 {
@@ -68,6 +84,7 @@ impl BackendConfig {
             weight: 1,
             max_concurrency: 0,
             timeouts: TimeoutOverrides::default(),
+            api_key_env: None,
         }
     }
 }
@@ -164,12 +181,22 @@ impl Timeouts {
     }
 }
 
-/// Limits on what a client may send.
+/// Limits on what clients and backends may make the gateway hold.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request body accepted on the measured endpoints (bytes); larger gets 413.
     pub max_request_body: usize,
+    /// A client must send its request head within this long (slow-loris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open client connections; more get a 503 and are closed (0: no limit).
+    pub max_connections: usize,
+    /// Requests in flight; more get a 503 with Retry-After (0: no limit).
+    pub max_in_flight: usize,
+    /// Longest SSE line the observer holds across chunks; a longer one is passed on
+    /// unparsed and the request's measurement marked degraded.
+    pub max_sse_line: usize,
 }
 
 impl Default for Config {
@@ -184,6 +211,8 @@ impl Default for Config {
             health: Health::default(),
             retries: Retries::default(),
             limits: Limits::default(),
+            auth: Default::default(),
+            admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -225,6 +254,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_body: 32 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_in_flight: 4096,
+            max_sse_line: 1 << 20,
         }
     }
 }
@@ -323,6 +356,29 @@ impl Config {
             check_label(m).map_err(|r| invalid(format!("models[{j}]"), r))?;
         }
         check_timeouts(&self.timeouts, "timeouts")?;
+        self.auth
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        if !self.admin.token_sha256.is_empty()
+            && crate::auth::parse_hash(&self.admin.token_sha256).is_none()
+        {
+            return Err(invalid(
+                "admin.token_sha256".into(),
+                "must be 64 hex digits",
+            ));
+        }
+        if self.limits.max_sse_line < 1024 {
+            return Err(invalid(
+                "limits.max_sse_line".into(),
+                "must be at least 1024",
+            ));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "limits.header_read_timeout".into(),
+                "must be greater than 0",
+            ));
+        }
         let h = &self.health;
         for (name, d) in [
             ("interval", h.interval),
@@ -430,6 +486,11 @@ mod tests {
         assert_eq!(c.health.ejection_max, d.health.ejection_max);
         assert_eq!(c.retries.enabled, d.retries.enabled);
         assert_eq!(c.limits.max_request_body, d.limits.max_request_body);
+        assert_eq!(c.limits.header_read_timeout, d.limits.header_read_timeout);
+        assert_eq!(c.limits.max_connections, d.limits.max_connections);
+        assert_eq!(c.limits.max_in_flight, d.limits.max_in_flight);
+        assert_eq!(c.limits.max_sse_line, d.limits.max_sse_line);
+        assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
     }
 

@@ -19,6 +19,8 @@ pub enum GatewayError {
     ClientBody(String),
     #[error("no backend is available for this request")]
     NoBackend,
+    #[error("the gateway is at its limit of requests in flight; retry shortly")]
+    Overloaded,
     #[error("The model `{0}` does not exist.")]
     UnknownModel(String),
     #[error("backend {backend} did not answer in time ({kind} timeout)")]
@@ -37,7 +39,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoBackend | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UnknownModel(_) => StatusCode::NOT_FOUND,
             GatewayError::Connect { .. } | GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => {
@@ -58,6 +60,8 @@ impl GatewayError {
             GatewayError::Upstream { .. } => ErrorKind::Protocol,
             GatewayError::Connect { .. } => ErrorKind::Connect,
             GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => return None,
+            // Counted in weir_rejected_total{reason="in_flight"}.
+            GatewayError::Overloaded => return None,
         })
     }
 
@@ -85,7 +89,7 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, GatewayError::NoBackend) {
+        if matches!(self, GatewayError::NoBackend | GatewayError::Overloaded) {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

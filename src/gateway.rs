@@ -31,7 +31,22 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Metrics::new(config.known_models());
-    let grace = config.shutdown_grace;
+    let proxy_opts = server::Options {
+        grace: config.shutdown_grace,
+        header_read_timeout: Some(config.limits.header_read_timeout),
+        max_connections: (config.limits.max_connections > 0)
+            .then_some(config.limits.max_connections),
+        rejected: None,
+    };
+    let admin_opts = server::Options {
+        grace: config.shutdown_grace,
+        header_read_timeout: Some(config.limits.header_read_timeout),
+        ..server::Options::default()
+    };
+    let proxy_opts = server::Options {
+        rejected: Some(metrics.rejected("connections")),
+        ..proxy_opts
+    };
     let state = Arc::new(AppState::new(config, metrics));
     let (stop, rx) = watch::channel(false);
     let rx2 = rx.clone();
@@ -42,13 +57,13 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
         listener,
         app::service(state.clone()),
         stopped(rx.clone()),
-        grace,
+        proxy_opts,
     ));
     let admin = tokio::spawn(server::run(
         admin_listener,
         admin::service(state.clone()),
         stopped(rx),
-        grace,
+        admin_opts,
     ));
     let health = tokio::spawn(health::run(state.clone(), rx2));
     tracing::info!(%addr, %admin_addr, backends = state.pool().backends.len(), "weir is serving");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client ──► server    (hyper-util auto: HTTP/1.1 + h2c, graceful shutdown)   server.rs
-//!        ──► stack     (catch panic, x-request-id)                             app.rs
+//!        ──► stack     (catch panic, x-request-id, API keys → tenant)          app.rs, auth.rs
 //!        ──► inspect   (read the JSON body once: model, stream, max_tokens;
 //!                       inject stream_options.include_usage when streaming)   inspect.rs
 //!        ──► route     (model → the backends serving it; unknown model → 404)  balance.rs
@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod balance;
 pub mod bench;
 pub mod config;

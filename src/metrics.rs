@@ -112,6 +112,9 @@ impl ErrorKind {
 /// Closed set of `weir_retries_total{reason}` values.
 pub const RETRY_REASONS: [&str; 2] = ["connect", "unavailable"];
 
+/// Closed set of `weir_rejected_total{reason}` values.
+pub const REJECT_REASONS: [&str; 2] = ["connections", "in_flight"];
+
 /// Closed set of `weir_timeouts_total{kind}` values.
 pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];
 
@@ -137,6 +140,8 @@ struct Inner {
     models: RwLock<Vec<Arc<str>>>,
     other: Arc<str>,
     retries: IntCounterVec,
+    rejected: IntCounterVec,
+    tenants: IntCounterVec,
     ttft: HistogramVec,
     tpot: HistogramVec,
     itl: HistogramVec,
@@ -220,6 +225,16 @@ impl Metrics {
                 "weir_retries_total",
                 "Requests retried on another backend, by reason.",
                 &["reason"],
+            ),
+            rejected: counter(
+                "weir_rejected_total",
+                "Connections and requests refused by a limit, by reason.",
+                &["reason"],
+            ),
+            tenants: counter(
+                "weir_tenant_requests_total",
+                "Finished requests by API key name and outcome.",
+                &["tenant", "outcome"],
             ),
             ttft: hist(
                 "gen_ai_server_time_to_first_token_seconds",
@@ -306,6 +321,8 @@ impl Metrics {
             &inner.timeouts,
             &inner.tokens,
             &inner.retries,
+            &inner.rejected,
+            &inner.tenants,
         ] {
             r.register(Box::new(c.clone()))
                 .expect("unique metric names");
@@ -328,6 +345,9 @@ impl Metrics {
         }
         for r in RETRY_REASONS {
             inner.retries.with_label_values(&[r]);
+        }
+        for r in REJECT_REASONS {
+            inner.rejected.with_label_values(&[r]);
         }
         let metrics = Metrics {
             inner: Arc::new(inner),
@@ -400,6 +420,18 @@ impl Metrics {
 
     pub fn error(&self, kind: ErrorKind) {
         self.inner.errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// The counter of one rejection reason (handed to the server for connections).
+    pub fn rejected(&self, reason: &str) -> IntCounter {
+        self.inner.rejected.with_label_values(&[reason])
+    }
+
+    pub fn tenant_request(&self, tenant: &str, outcome: &str) {
+        self.inner
+            .tenants
+            .with_label_values(&[tenant, outcome])
+            .inc();
     }
 
     pub fn retry(&self, reason: &str) {

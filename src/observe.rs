@@ -113,6 +113,10 @@ pub struct Exchange {
     pub load: Option<Load>,
     /// The backend's timeouts (first token, idle, total).
     pub timeouts: Timeouts,
+    /// The API key's name, when auth is on.
+    pub tenant: Option<Arc<str>>,
+    /// Longest SSE line the observer holds.
+    pub max_sse_line: usize,
 }
 
 /// What the response body showed, filled in as it passes.
@@ -195,6 +199,9 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
         ex.metrics.timeout(kind);
     }
     ex.metrics.in_flight().dec();
+    if let Some(t) = &ex.tenant {
+        ex.metrics.tenant_request(t, outcome.as_str());
+    }
 
     let ttft = m.first_token.map(|t| t.saturating_duration_since(ex.t0));
     if let Some(ttft) = ttft {
@@ -236,6 +243,7 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
         trace_id = %format_args!("{:032x}", ex.trace.trace_id),
         span_id = %format_args!("{:016x}", ex.trace.span_id),
         request_id = %ex.request_id,
+        tenant = ex.tenant.as_deref(),
         model = ex.model.as_deref().unwrap_or(""),
         model_label = s.model(),
         response_model = m.response_model.as_deref(),

@@ -572,8 +572,14 @@ async fn the_upstream_is_dropped_promptly_when_the_client_leaves() {
         drop(c);
         let aborts = (i + 1) as f64;
         let abort = [("finished_reason", "abort")];
-        wait_for_metrics(sim, "the simulator's abort", |m| sum(m, "vllm:request_success_total", &abort) == Some(aborts)).await;
+        wait_for_metrics(sim, "the simulator's abort", |m| {
+            sum(m, "vllm:request_success_total", &abort) == Some(aborts)
+        })
+        .await;
         let took = left.elapsed();
-        assert!(took < Duration::from_millis(100), "{fault:?}: upstream dropped after {took:?}");
+        assert!(
+            took < Duration::from_millis(100),
+            "{fault:?}: upstream dropped after {took:?}"
+        );
     }
 }

@@ -74,7 +74,7 @@ impl<B> ObservedBody<B> {
         let mode = if ex.operation.is_generation() && is(b"text/event-stream") {
             let strip = ex.strip_usage.then(|| Strip::new(ex.n));
             Mode::Sse {
-                parser: SseParser::default(),
+                parser: SseParser::new(ex.max_sse_line),
                 strip,
             }
         } else if ex.operation != crate::metrics::Operation::Other && is(b"application/json") {
@@ -139,7 +139,7 @@ impl Observer {
                     None => Some(chunk),
                     Some(s) => {
                         let out = s.apply(chunk, base, parser.release_limit(), actions);
-                        if s.pending.len() > 2 * sse::DEFAULT_MAX_LINE {
+                        if s.pending.len() > 2 * ex.max_sse_line {
                             // An event too long to hold: give up stripping, lose nothing.
                             meas.degraded = true;
                             let rest = s.flush();
