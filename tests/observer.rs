@@ -184,6 +184,8 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         metrics: metrics.clone(),
         load: None,
         timeouts: weir::config::Timeouts::default(),
+        tenant: None,
+        max_sse_line: weir::observe::sse::DEFAULT_MAX_LINE,
     };
     let upstream = Chunks(chunks.into());
     let body = ObservedBody::new(upstream, ex, Some(b"text/event-stream; charset=utf-8"));
