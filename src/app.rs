@@ -28,7 +28,8 @@ use crate::error::{GatewayError, openai_error_body};
 use crate::forward::{self, ClientAddr, UpstreamClient};
 use crate::inspect::{Inspected, inspect};
 use crate::metrics::{ErrorKind, Metrics, Operation};
-use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, TraceIds, record};
+use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, record};
+use crate::telemetry::Telemetry;
 
 /// What the client receives: an observed upstream body, or the gateway's own answer.
 pub type ResponseBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
@@ -46,13 +47,16 @@ pub struct AppState {
     pub metrics: Metrics,
     pub backends: Backends,
     pub client: UpstreamClient,
+    pub telemetry: Telemetry,
 }
 
 impl AppState {
     pub fn new(config: Config, metrics: Metrics) -> AppState {
         let backends = Backends::new(&config.backends, metrics.clone());
         let client = forward::client(config.timeouts.connect, config.timeouts.pool_idle);
+        let telemetry = Telemetry::start(&config.telemetry, &metrics);
         AppState {
+            telemetry,
             config,
             metrics,
             backends,
@@ -159,7 +163,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let trace = TraceIds::from_traceparent(parts.headers.get("traceparent").map(|v| v.as_bytes()));
+    let trace = state.telemetry.request(&parts.headers, operation, t0);
     let none: Arc<str> = "none".into();
     let mut pending = Pending {
         ex: Some(Exchange {
@@ -246,10 +250,13 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
     };
     parts.version = http::Version::HTTP_11;
     let client_addr = parts.extensions.get::<ClientAddr>().map(|a| a.0);
-    let traceparent = pending.ex().trace.traceparent();
-    forward::upstream_headers(&mut parts.headers, client_addr, &traceparent, body_len);
+    let ex = pending.ex();
+    ex.sent = Instant::now();
+    let upstream_cx =
+        ex.trace
+            .start_client(operation, ex.model.as_deref(), &backend.authority, ex.sent);
+    forward::upstream_headers(&mut parts.headers, client_addr, &upstream_cx, body_len);
     let upstream_req = Request::from_parts(parts, upstream_body);
-    pending.ex().sent = Instant::now();
     let res = match state.client.request(upstream_req).await {
         Ok(res) => {
             state.backends.report(&backend, true);

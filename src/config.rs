@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::telemetry::TelemetryConfig;
+
 /// The whole configuration of a gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +25,8 @@ pub struct Config {
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// One backend.
@@ -69,6 +73,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(30),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -190,7 +195,7 @@ impl Config {
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("admin_listen".into(), "must differ from `listen`"));
         }
-        Ok(())
+        self.telemetry.validate()
     }
 
     /// Every model name that gets its own label value, in config order, without duplicates.
@@ -238,6 +243,7 @@ mod tests {
         assert_eq!(c.timeouts.pool_idle, d.timeouts.pool_idle);
         assert_eq!(c.limits.max_request_body, d.limits.max_request_body);
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
+        assert_eq!(c.telemetry, d.telemetry);
     }
 
     #[test]

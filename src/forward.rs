@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::trace::SpanContext;
 
 /// The body sent upstream: the inspected bytes, or the client's body streamed through.
 pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
@@ -60,11 +61,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Prepares a client's request headers for the backend.
+/// Prepares a client's request headers for the backend; `trace` is the context the backend's
+/// own spans are to be children of (the CLIENT span).
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     client: Option<SocketAddr>,
-    traceparent: &str,
+    trace: &SpanContext,
     body_len: Option<usize>,
 ) {
     strip_hop_by_hop(headers);
@@ -87,9 +89,7 @@ pub fn upstream_headers(
             HeaderValue::from_static("http"),
         );
     }
-    if let Ok(v) = HeaderValue::from_str(traceparent) {
-        headers.insert(HeaderName::from_static("traceparent"), v);
-    }
+    crate::trace::inject(trace, headers);
     if let Some(len) = body_len {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -114,10 +114,17 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = SpanContext::new(
+            0x4bf92f3577b34da6a3ce929d0e0e4736.into(),
+            0x00f067aa0ba902b7.into(),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        );
         upstream_headers(
             &mut h,
             Some("127.0.0.2:5000".parse().unwrap()),
-            tp,
+            &cx,
             Some(42),
         );
         for gone in ["connection", "x-secret-hop", "keep-alive", "te", "host"] {

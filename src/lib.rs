@@ -31,3 +31,4 @@ pub mod observe;
 pub mod server;
 pub mod sim;
 pub mod telemetry;
+pub mod trace;

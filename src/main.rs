@@ -124,6 +124,8 @@ fn gateway_config(args: GatewayArgs) -> Result<Config, weir::config::ConfigError
             .collect();
     }
     config.models.extend(args.models);
+    // OTEL_* variables win over the [telemetry] table, as flags win over the file.
+    config.telemetry.apply_env(|k| std::env::var(k).ok())?;
     config.normalise();
     config.validate()?;
     Ok(config)
