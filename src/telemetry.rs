@@ -102,19 +102,6 @@ impl Telemetry {
         RequestTrace::start(self.tracer.as_ref(), headers, operation, t0)
     }
 
-    /// Exports every span ended so far (returns false if that did not finish in time).
-    pub async fn flush(&self) -> bool {
-        let flusher = self
-            .pipeline
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(|p| p.queue.flusher()));
-        match flusher {
-            Some(f) => f.flush(self.export_timeout * 2).await,
-            None => true,
-        }
-    }
-
     /// Exports every span ended so far and stops the pipeline (at most twice the export
     /// timeout). Spans that end later are dropped and counted.
     pub async fn shutdown(&self) {

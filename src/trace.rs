@@ -9,21 +9,20 @@
 
 use std::time::{Duration, SystemTime};
 
+mod w3c;
+
 use http::HeaderMap;
-use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 use tokio::time::Instant;
 
 use crate::metrics::Operation;
 use crate::observe::{Exchange, Measurement, Outcome};
+pub use w3c::inject;
 
 /// `gen_ai.provider.name` of every backend.
 const PROVIDER: &str = "vllm";
@@ -60,18 +59,6 @@ pub struct Summary {
     pub itl_max_ms: Option<f64>,
 }
 
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
 impl RequestTrace {
     /// Continues the client's `traceparent` (and `tracestate`) when valid, or starts a trace;
     /// with a tracer, starts the SERVER span at `t0`.
@@ -81,29 +68,9 @@ impl RequestTrace {
         operation: Operation,
         t0: Instant,
     ) -> RequestTrace {
-        let parent =
-            TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
+        let parent = w3c::extract(headers);
         let Some(tracer) = tracer else {
-            let p = parent.span().span_context().clone();
-            let span_id = SpanId::from(fastrand::u64(1..));
-            let ids = if p.is_valid() {
-                SpanContext::new(
-                    p.trace_id(),
-                    span_id,
-                    p.trace_flags(),
-                    false,
-                    p.trace_state().clone(),
-                )
-            } else {
-                let trace_id = TraceId::from(fastrand::u128(1..));
-                SpanContext::new(
-                    trace_id,
-                    span_id,
-                    TraceFlags::SAMPLED,
-                    false,
-                    TraceState::NONE,
-                )
-            };
+            let ids = w3c::own_ids(&parent);
             return RequestTrace {
                 upstream: ids.clone(),
                 ids,
@@ -142,13 +109,6 @@ impl RequestTrace {
     /// The SERVER span's id for the access log.
     pub fn span_id(&self) -> SpanId {
         self.ids.span_id()
-    }
-
-    /// Whether spans are recorded and exported for this request.
-    pub fn is_recording(&self) -> bool {
-        self.live
-            .as_ref()
-            .is_some_and(|l| l.server.span().is_recording())
     }
 
     /// Starts the CLIENT span of an upstream call sent at `sent` to `backend`, and returns the
@@ -307,28 +267,6 @@ impl Live {
     }
 }
 
-/// Sets `traceparent` (and `tracestate`, when there is one) for the upstream request.
-pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        cx.trace_id(),
-        cx.span_id(),
-        cx.trace_flags().to_u8()
-    );
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
-        headers.insert(HeaderName::from_static("traceparent"), v);
-    }
-    let state = cx.trace_state().header();
-    match HeaderValue::from_str(&state) {
-        Ok(v) if !state.is_empty() => {
-            headers.insert(HeaderName::from_static("tracestate"), v);
-        }
-        _ => {
-            headers.remove("tracestate");
-        }
-    }
-}
-
 /// `{gen_ai.operation.name} {gen_ai.request.model}`, or the operation alone without a model.
 fn span_name(operation: Operation, model: Option<&str>) -> String {
     match model {
@@ -377,57 +315,6 @@ fn bounded(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn untraced(traceparent: Option<&str>, tracestate: Option<&str>) -> RequestTrace {
-        let mut h = HeaderMap::new();
-        if let Some(tp) = traceparent {
-            h.insert("traceparent", tp.parse().unwrap());
-        }
-        if let Some(ts) = tracestate {
-            h.insert("tracestate", ts.parse().unwrap());
-        }
-        RequestTrace::start(None, &h, Operation::Chat, Instant::now())
-    }
-
-    #[test]
-    fn untraced_requests_continue_or_start_a_trace() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut t = untraced(Some(tp), Some("vendor=abc"));
-        assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(t.span_id().to_string(), "00f067aa0ba902b7");
-        let up = t.start_client(
-            Operation::Chat,
-            None,
-            &"b:1".parse().unwrap(),
-            Instant::now(),
-        );
-        let mut h = HeaderMap::new();
-        h.insert("tracestate", "stale=1".parse().unwrap());
-        inject(&up, &mut h);
-        assert_eq!(
-            h["traceparent"],
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-00", t.span_id())
-        );
-        assert_eq!(h["tracestate"], "vendor=abc");
-
-        for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "junk",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            let t = untraced(Some(bad), Some("vendor=abc"));
-            assert_ne!(t.trace_id(), TraceId::INVALID);
-            assert_ne!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-            let mut h = HeaderMap::new();
-            h.insert("tracestate", "vendor=abc".parse().unwrap());
-            inject(&t.upstream, &mut h);
-            assert!(h["traceparent"].to_str().unwrap().ends_with("-01"));
-            assert!(
-                !h.contains_key("tracestate"),
-                "a new trace drops the old state"
-            );
-        }
-    }
 
     #[test]
     fn long_values_are_cut_on_a_char_boundary() {

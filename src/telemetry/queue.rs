@@ -133,29 +133,7 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// Asks the export task for a flush.
-pub struct Flusher {
-    control: mpsc::UnboundedSender<Control>,
-}
-
-impl Flusher {
-    /// Exports every span queued so far and waits for it, at most `timeout`.
-    pub async fn flush(self, timeout: Duration) -> bool {
-        let (done, rx) = oneshot::channel();
-        if self.control.send(Control::Flush(done)).is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
-    }
-}
-
 impl QueueHandle {
-    pub fn flusher(&self) -> Flusher {
-        Flusher {
-            control: self.control.clone(),
-        }
-    }
-
     /// Exports every span queued so far, shuts the exporter down and ends the task, waiting
     /// at most `timeout`.
     pub async fn shutdown(self, timeout: Duration) -> bool {
