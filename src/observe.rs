@@ -1,6 +1,6 @@
 //! Observation: what is known of a request when its response starts (`Exchange`), what its
 //! body showed on the way (`Measurement`), and the one `record()` that turns both into
-//! metrics and the access-log line when the request ends, however it ends.
+//! metrics, the access-log line and the request's spans when it ends, however it ends.
 
 pub mod body;
 pub mod sse;
@@ -139,7 +139,7 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Records a finished request: every metric and the access-log line. Called exactly once
+/// Records a finished request: every metric, the access-log line and its spans. Called exactly once
 /// per request, from the body observer's `finish()` or for an answer the gateway gave itself.
 pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
     let s = &ex.series;
