@@ -33,7 +33,8 @@ use crate::forward::{self, ClientAddr};
 use crate::health;
 use crate::inspect::{Inspected, inspect};
 use crate::metrics::{ErrorKind, Metrics, Operation};
-use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, TraceIds, record};
+use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, record};
+use crate::telemetry::Telemetry;
 
 /// What the client receives: an observed upstream body, or the gateway's own answer.
 pub type ResponseBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
@@ -51,12 +52,15 @@ pub struct AppState {
     pub metrics: Metrics,
     config: RwLock<Arc<Config>>,
     pool: RwLock<Arc<Pool>>,
+    pub telemetry: Telemetry,
 }
 
 impl AppState {
     pub fn new(config: Config, metrics: Metrics) -> AppState {
+        let telemetry = Telemetry::start(&config.telemetry, &metrics);
         let pool = Pool::new(&config, None, &metrics);
         AppState {
+            telemetry,
             metrics,
             config: RwLock::new(Arc::new(config)),
             pool: RwLock::new(Arc::new(pool)),
@@ -200,7 +204,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let trace = TraceIds::from_traceparent(parts.headers.get("traceparent").map(|v| v.as_bytes()));
+    let trace = state.telemetry.request(&parts.headers, operation, t0);
     let none: Arc<str> = "none".into();
     let mut pending = Pending {
         ex: Some(Exchange {
@@ -272,12 +276,11 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
     // Route, balance and forward, retrying once on another backend when allowed.
     parts.version = http::Version::HTTP_11;
     let client_addr = parts.extensions.get::<ClientAddr>().map(|a| a.0);
-    let traceparent = pending.ex().trace.traceparent();
     let body_len = match &body {
         UpBody::Bytes(b) if !b.is_empty() || parts.method == Method::POST => Some(b.len()),
         _ => None,
     };
-    forward::upstream_headers(&mut parts.headers, client_addr, &traceparent, body_len);
+    forward::upstream_headers(&mut parts.headers, client_addr, body_len);
     let res = match call_upstream(&state, &config, parts, body, pending.ex()).await {
         Ok(res) => res,
         Err((err, outcome)) => return pending.fail(err, outcome),
@@ -372,6 +375,13 @@ async fn call_upstream(
         }
         ex.load = Some(backend.load());
         ex.sent = Instant::now();
+        let upstream_cx = ex.trace.start_client(
+            ex.operation,
+            ex.model.as_deref(),
+            &backend.authority,
+            ex.sent,
+        );
+        crate::trace::inject(&upstream_cx, req.headers_mut());
         let t = &backend.timeouts;
         let total_at = ex.t0 + t.total;
         let first_at = ex.sent + t.first_token;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::telemetry::TelemetryConfig;
+
 /// The whole configuration of a gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +33,8 @@ pub struct Config {
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
+    pub telemetry: TelemetryConfig,
 }
 
 /// One backend.
@@ -214,6 +218,7 @@ impl Default for Config {
             auth: Default::default(),
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -410,7 +415,7 @@ impl Config {
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("admin_listen".into(), "must differ from `listen`"));
         }
-        Ok(())
+        self.telemetry.validate()
     }
 
     /// Every model name that gets its own label value, in config order, without duplicates.
@@ -492,6 +497,7 @@ mod tests {
         assert_eq!(c.limits.max_sse_line, d.limits.max_sse_line);
         assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
         assert_eq!(c.shutdown_grace, d.shutdown_grace);
+        assert_eq!(c.telemetry, d.telemetry);
     }
 
     #[test]

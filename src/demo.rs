@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> std::io::Result<()> {
     }));
 
     // Probe the ports first: a taken default port falls back to a free one.
-    let config = Config {
+    let mut config = Config {
         listen: bind_or_any(args.listen).await?,
         admin_listen: bind_or_any(args.admin_listen).await?,
         models: vec![model.clone()],
@@ -92,6 +92,12 @@ pub async fn run(args: DemoArgs) -> std::io::Result<()> {
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     };
+    // OTEL_* variables turn traces on for the demo too (to look at them in Jaeger).
+    let telemetry = &mut config.telemetry;
+    telemetry
+        .apply_env(|k| std::env::var(k).ok())
+        .and_then(|()| telemetry.validate())
+        .map_err(std::io::Error::other)?;
     let gw = gateway::start(config).await?;
     let base = format!("http://{}", gw.addr);
     eprintln!(

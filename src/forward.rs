@@ -1,5 +1,5 @@
 //! Forwarding: the pooled upstream client and header hygiene on the way out and back
-//! (hop-by-hop headers dropped, `x-forwarded-*` and `traceparent` set).
+//! (hop-by-hop headers dropped, `x-forwarded-*` set; `traceparent` per attempt, in `trace`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,11 +60,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Prepares a client's request headers for the backend.
+/// Prepares a client's request headers for the backend; `trace` is the context the backend's
+/// own spans are to be children of (the CLIENT span).
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     client: Option<SocketAddr>,
-    traceparent: &str,
     body_len: Option<usize>,
 ) {
     strip_hop_by_hop(headers);
@@ -86,9 +86,6 @@ pub fn upstream_headers(
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
-    }
-    if let Ok(v) = HeaderValue::from_str(traceparent) {
-        headers.insert(HeaderName::from_static("traceparent"), v);
     }
     if let Some(len) = body_len {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -113,19 +110,12 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        upstream_headers(
-            &mut h,
-            Some("127.0.0.2:5000".parse().unwrap()),
-            tp,
-            Some(42),
-        );
+        upstream_headers(&mut h, Some("127.0.0.2:5000".parse().unwrap()), Some(42));
         for gone in ["connection", "x-secret-hop", "keep-alive", "te", "host"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
         }
         assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.2");
         assert_eq!(h["x-forwarded-host"], "weir.example");
-        assert_eq!(h["traceparent"], tp);
         assert_eq!(h["content-length"], "42");
         assert_eq!(h["authorization"], "Bearer k");
     }

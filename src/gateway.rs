@@ -89,6 +89,8 @@ impl Gateway {
                 Err(e) => tracing::error!(error = %e, "server task failed"),
             }
         }
+        // Spans of every finished request go out before the process ends.
+        self.state.telemetry.shutdown().await;
         tracing::info!("weir stopped");
     }
 }

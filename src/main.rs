@@ -143,6 +143,8 @@ fn gateway_config(args: &GatewayArgs) -> Result<Config, weir::config::ConfigErro
         None => Config::default(),
     };
     apply_flags(args, &mut config);
+    // OTEL_* variables win over the [telemetry] table, as flags win over the file.
+    config.telemetry.apply_env(|k| std::env::var(k).ok())?;
     config.normalise();
     config.validate()?;
     Ok(config)

@@ -1,6 +1,6 @@
 //! Observation: what is known of a request when its response starts (`Exchange`), what its
 //! body showed on the way (`Measurement`), and the one `record()` that turns both into
-//! metrics and the access-log line when the request ends, however it ends.
+//! metrics, the access-log line and the request's spans when it ends, however it ends.
 
 pub mod body;
 pub mod sse;
@@ -53,52 +53,13 @@ impl Outcome {
     }
 }
 
-/// Trace identifiers of a request (W3C trace context), for the log and the upstream call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceIds {
-    pub trace_id: u128,
-    pub span_id: u64,
-}
-
-impl TraceIds {
-    /// Continues the client's `traceparent` when it is valid, starts a new trace otherwise.
-    pub fn from_traceparent(header: Option<&[u8]>) -> TraceIds {
-        let parent = header
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(parse_traceparent);
-        TraceIds {
-            trace_id: parent.unwrap_or_else(|| fastrand::u128(1..)),
-            span_id: fastrand::u64(1..),
-        }
-    }
-
-    /// `traceparent` for the upstream request (sampled).
-    pub fn traceparent(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
-    }
-}
-
-fn parse_traceparent(v: &str) -> Option<u128> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let _flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 {
-        return None;
-    }
-    let id = u128::from_str_radix(trace, 16).ok()?;
-    u64::from_str_radix(span, 16).ok()?;
-    (id != 0).then_some(id)
-}
-
 /// What is known of a request once it is on its way: owned by the response's observer.
 pub struct Exchange {
     pub t0: Instant,
     /// When the request was handed to the upstream client.
     pub sent: Instant,
     pub request_id: String,
-    pub trace: TraceIds,
+    pub trace: crate::trace::RequestTrace,
     pub model: Option<String>,
     pub operation: Operation,
     pub stream: bool,
@@ -188,7 +149,7 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// Records a finished request: every metric and the access-log line. Called exactly once
+/// Records a finished request: every metric, the access-log line and its spans. Called exactly once
 /// per request, from the body observer's `finish()` or for an answer the gateway gave itself.
 pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
     let s = &ex.series;
@@ -240,8 +201,8 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
     let finish_reasons = m.finish_reasons.join(",");
     tracing::info!(
         target: "weir::access",
-        trace_id = %format_args!("{:032x}", ex.trace.trace_id),
-        span_id = %format_args!("{:016x}", ex.trace.span_id),
+        trace_id = %ex.trace.trace_id(),
+        span_id = %ex.trace.span_id(),
         request_id = %ex.request_id,
         tenant = ex.tenant.as_deref(),
         model = ex.model.as_deref().unwrap_or(""),
@@ -266,6 +227,13 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
         degraded = m.degraded,
         "request finished"
     );
+    let summary = crate::trace::Summary {
+        output_tokens: output,
+        tokens_estimated: estimated,
+        itl_p50_ms: itl_p50,
+        itl_max_ms: itl_max,
+    };
+    ex.trace.finish(ex, m, outcome, end, &summary);
 }
 
 /// Median and maximum of the gaps, in milliseconds.
@@ -284,27 +252,6 @@ fn itl_summary(gaps_us: &[u32]) -> (Option<f64>, Option<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_is_continued_or_started() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = TraceIds::from_traceparent(Some(tp));
-        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_ne!(t.span_id, 0x00f067aa0ba902b7);
-        assert!(
-            t.traceparent()
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-        );
-        for bad in [
-            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
-            b"junk",
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            let t = TraceIds::from_traceparent(Some(bad));
-            assert_ne!(t.trace_id, 0);
-            assert_ne!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        }
-    }
 
     #[test]
     fn itl_summary_median_and_max() {

@@ -16,6 +16,7 @@
 //! - The seed is a hash of the `x-request-id` header (random without one): it fixes the response
 //!   id, the text and the length, so equal requests with equal ids get identical bytes when
 //!   `fixed_created` is set.
+//! - The `traceparent` a request came with is echoed in the `x-sim-traceparent` response header.
 //! - Per-request overrides: `x-sim-ttft-ms`, `x-sim-itl-ms` (milliseconds, fractions allowed) and
 //!   `x-sim-fault` (see [`Fault`]); an invalid value is answered with a 400.
 //! - Only a single prompt per completions request is supported (a batch is a 400).
@@ -209,9 +210,17 @@ pub async fn serve(
         // Best effort: a failure only costs latency.
         let _ = stream.set_nodelay(true);
         let sim = sim.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |req: http::Request<_>| {
             let sim = sim.clone();
-            async move { Ok::<_, Infallible>(sim.handle(req).await) }
+            // Echoed so tests can see the trace context the backend was given.
+            let traceparent = req.headers().get("traceparent").cloned();
+            async move {
+                let mut res = sim.handle(req).await;
+                if let Some(tp) = traceparent {
+                    res.headers_mut().insert("x-sim-traceparent", tp);
+                }
+                Ok::<_, Infallible>(res)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

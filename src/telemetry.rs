@@ -1,7 +1,37 @@
-//! Telemetry set-up: the JSON log subscriber (access log on target `weir::access`, the
-//! rest filtered by `RUST_LOG`).
+//! Telemetry set-up, beside the request flow: the JSON log subscriber (access log on target
+//! `weir::access`, the rest filtered by `RUST_LOG`) and the OTLP trace pipeline — the
+//! `[telemetry]` config and its `OTEL_*` variables, the exporter (gRPC or HTTP/protobuf) and
+//! the bounded span queue (`telemetry/queue.rs`). The spans of each request are made in
+//! `trace.rs`.
+//!
+//! The request spans use the OpenTelemetry API directly, not `tracing` spans bridged by
+//! tracing-opentelemetry: each gateway owns its tracer provider (tests run several gateways,
+//! each with its own collector, in one process, while a `tracing` subscriber is global), the
+//! spans need explicit start and end times (the SERVER span starts at the request head and
+//! ends with the body, possibly in a `Drop`), the first-token event carries the time the
+//! observer saw the token, attribute types (string arrays, doubles) map one to one, and with
+//! tracing off nothing is built at all, whatever `RUST_LOG` says.
 
+mod config;
+mod queue;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::HeaderMap;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter as _};
+use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
+
+use crate::metrics::{Metrics, Operation};
+use crate::trace::RequestTrace;
+pub use config::{Protocol, SamplerKind, TelemetryConfig};
+use queue::{Dropped, QueueConfig, QueueHandle};
 
 /// Installs the global JSON subscriber writing to stdout; `default_filter` applies when
 /// `RUST_LOG` is not set.
@@ -16,4 +46,132 @@ pub fn init_logging(default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .try_init();
+}
+
+/// A gateway's trace pipeline; with tracing off it holds nothing but the dropped-spans counter.
+pub struct Telemetry {
+    tracer: Option<SdkTracer>,
+    pipeline: Mutex<Option<Pipeline>>,
+    export_timeout: Duration,
+}
+
+struct Pipeline {
+    provider: SdkTracerProvider,
+    queue: QueueHandle,
+}
+
+impl Telemetry {
+    /// Registers `weir_telemetry_dropped_spans_total` in `metrics` and, when the config
+    /// enables traces, starts the exporter on the current tokio runtime. A pipeline that
+    /// cannot start is logged and the gateway runs without traces: traces never stop traffic.
+    pub fn start(config: &TelemetryConfig, metrics: &Metrics) -> Telemetry {
+        let dropped = Dropped::register(metrics.registry());
+        let mut telemetry = Telemetry {
+            tracer: None,
+            pipeline: Mutex::new(None),
+            export_timeout: config.export_timeout,
+        };
+        if !config.enabled {
+            return telemetry;
+        }
+        match pipeline(config, dropped) {
+            Ok((tracer, pipeline)) => {
+                tracing::info!(
+                    endpoint = %config.traces_endpoint(),
+                    protocol = config.protocol.as_str(),
+                    service_name = %config.service_name,
+                    "exporting traces over OTLP"
+                );
+                telemetry.tracer = Some(tracer);
+                telemetry.pipeline = Mutex::new(Some(pipeline));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the trace exporter; running without traces")
+            }
+        }
+        telemetry
+    }
+
+    /// Whether spans are made.
+    pub fn enabled(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// The trace context of a request whose head arrived at `t0`.
+    pub fn request(&self, headers: &HeaderMap, operation: Operation, t0: Instant) -> RequestTrace {
+        RequestTrace::start(self.tracer.as_ref(), headers, operation, t0)
+    }
+
+    /// Exports every span ended so far and stops the pipeline (at most twice the export
+    /// timeout). Spans that end later are dropped and counted.
+    pub async fn shutdown(&self) {
+        let pipeline = self.pipeline.lock().ok().and_then(|mut p| p.take());
+        if let Some(Pipeline { provider, queue }) = pipeline {
+            if !queue.shutdown(self.export_timeout * 2).await {
+                tracing::warn!("trace export did not finish before shutdown");
+            }
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+fn pipeline(config: &TelemetryConfig, dropped: Dropped) -> Result<(SdkTracer, Pipeline), String> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("no tokio runtime to run the exporter on".into());
+    }
+    let endpoint = config.traces_endpoint();
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match config.protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build(),
+    }
+    .map_err(|e| e.to_string())?;
+    let resource = Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut exporter = exporter;
+    exporter.set_resource(&resource);
+    let (processor, queue) = queue::start(
+        exporter,
+        QueueConfig {
+            max_queue_size: config.max_queue_size,
+            max_export_batch_size: config.max_export_batch_size,
+            scheduled_delay: config.scheduled_delay,
+            export_timeout: config.export_timeout,
+        },
+        dropped,
+    );
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler(config))
+        .with_resource(resource)
+        .build();
+    let scope = opentelemetry::InstrumentationScope::builder("weir")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let tracer = provider.tracer_with_scope(scope);
+    Ok((tracer, Pipeline { provider, queue }))
+}
+
+fn sampler(config: &TelemetryConfig) -> Sampler {
+    let ratio = || Sampler::TraceIdRatioBased(config.sample_ratio);
+    match config.sampler {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::Traceidratio => ratio(),
+        SamplerKind::ParentbasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentbasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentbasedTraceidratio => Sampler::ParentBased(Box::new(ratio())),
+    }
 }

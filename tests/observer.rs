@@ -19,7 +19,8 @@ use weir::metrics::{Metrics, Operation};
 mod common;
 use common::prom::value;
 use weir::observe::sse::{SseParser, classify};
-use weir::observe::{Exchange, ObservedBody, TraceIds};
+use weir::observe::{Exchange, ObservedBody};
+use weir::trace::RequestTrace;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -167,7 +168,7 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         t0: now,
         sent: now,
         request_id: "r".into(),
-        trace: TraceIds::from_traceparent(None),
+        trace: RequestTrace::start(None, &http::HeaderMap::new(), Operation::Chat, now),
         model: Some("tiny-llama".into()),
         operation: Operation::Chat,
         stream: true,

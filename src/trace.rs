@@ -1,0 +1,327 @@
+//! Trace context of one request: made when the request head arrives, its CLIENT span started
+//! just before the upstream call (`forward` sends it on as `traceparent`), both spans ended
+//! by `observe::record` when the body ends. W3C `traceparent`/`tracestate` in and out, the
+//! gateway's SERVER span and the upstream call's CLIENT span, named and attributed as
+//! DESIGN.md says. Prompt and completion text are never put on a span.
+//!
+//! With tracing off no span is built: the request keeps the client's trace id (or a new one)
+//! and a span id of its own, for the access log and the upstream `traceparent`.
+
+use std::time::{Duration, SystemTime};
+
+mod w3c;
+
+use http::HeaderMap;
+use http::uri::Authority;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::SdkTracer;
+use tokio::time::Instant;
+
+use crate::metrics::Operation;
+use crate::observe::{Exchange, Measurement, Outcome};
+pub use w3c::inject;
+
+/// `gen_ai.provider.name` of every backend.
+const PROVIDER: &str = "vllm";
+/// Longest client- or backend-supplied string put on a span, in bytes.
+const MAX_VALUE: usize = 256;
+/// Most finish reasons put on a span (one per choice).
+const MAX_FINISH_REASONS: usize = 64;
+
+/// The trace context of one request.
+pub struct RequestTrace {
+    /// The SERVER span's context: its ids go in the access log.
+    ids: SpanContext,
+    /// What the upstream `traceparent` names: the CLIENT span (the SERVER ids with tracing off).
+    upstream: SpanContext,
+    live: Option<Box<Live>>,
+}
+
+/// The spans of a traced request.
+struct Live {
+    tracer: SdkTracer,
+    /// `t0` on the wall clock: span times are `wall0 + (instant - t0)`.
+    t0: Instant,
+    wall0: SystemTime,
+    server: Context,
+    client: Option<Context>,
+}
+
+/// What `record()` derived from the measurement, so spans and log say the same.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub output_tokens: Option<u64>,
+    pub tokens_estimated: bool,
+    pub itl_p50_ms: Option<f64>,
+    pub itl_max_ms: Option<f64>,
+}
+
+impl RequestTrace {
+    /// Continues the client's `traceparent` (and `tracestate`) when valid, or starts a trace;
+    /// with a tracer, starts the SERVER span at `t0`.
+    pub fn start(
+        tracer: Option<&SdkTracer>,
+        headers: &HeaderMap,
+        operation: Operation,
+        t0: Instant,
+    ) -> RequestTrace {
+        let parent = w3c::extract(headers);
+        let Some(tracer) = tracer else {
+            let ids = w3c::own_ids(&parent);
+            return RequestTrace {
+                upstream: ids.clone(),
+                ids,
+                live: None,
+            };
+        };
+        let wall0 = SystemTime::now();
+        let span = tracer
+            .span_builder(operation.as_str())
+            .with_kind(SpanKind::Server)
+            .with_start_time(wall0)
+            .with_attributes([
+                KeyValue::new("gen_ai.operation.name", operation.as_str()),
+                KeyValue::new("gen_ai.provider.name", PROVIDER),
+            ])
+            .start_with_context(tracer, &parent);
+        let ids = span.span_context().clone();
+        RequestTrace {
+            upstream: ids.clone(),
+            ids,
+            live: Some(Box::new(Live {
+                tracer: tracer.clone(),
+                t0,
+                wall0,
+                server: parent.with_span(span),
+                client: None,
+            })),
+        }
+    }
+
+    /// The trace id for the access log.
+    pub fn trace_id(&self) -> TraceId {
+        self.ids.trace_id()
+    }
+
+    /// The SERVER span's id for the access log.
+    pub fn span_id(&self) -> SpanId {
+        self.ids.span_id()
+    }
+
+    /// Starts the CLIENT span of an upstream call sent at `sent` to `backend`, and returns the
+    /// context to send on as `traceparent`. A second call (a retry) ends the previous one.
+    pub fn start_client(
+        &mut self,
+        operation: Operation,
+        model: Option<&str>,
+        backend: &Authority,
+        sent: Instant,
+    ) -> SpanContext {
+        let Some(live) = self.live.as_mut() else {
+            return self.upstream.clone();
+        };
+        let at = live.wall(sent);
+        if let Some(previous) = live.client.take() {
+            let span = previous.span();
+            span.set_status(Status::error("retried on another backend"));
+            span.end_with_timestamp(at);
+        }
+        let address = [
+            KeyValue::new(
+                "server.address",
+                backend
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            ),
+            KeyValue::new("server.port", i64::from(backend.port_u16().unwrap_or(80))),
+        ];
+        let span = live
+            .tracer
+            .span_builder(span_name(operation, model))
+            .with_kind(SpanKind::Client)
+            .with_start_time(at)
+            .with_attributes([
+                KeyValue::new("gen_ai.operation.name", operation.as_str()),
+                KeyValue::new("gen_ai.provider.name", PROVIDER),
+                address[0].clone(),
+                address[1].clone(),
+            ])
+            .start_with_context(&live.tracer, &live.server);
+        self.upstream = span.span_context().clone();
+        live.server.span().set_attributes(address);
+        live.client = Some(Context::new().with_span(span));
+        self.upstream.clone()
+    }
+
+    /// Puts what the request showed on its spans and ends them at `end`.
+    pub fn finish(
+        &self,
+        ex: &Exchange,
+        m: &Measurement,
+        outcome: Outcome,
+        end: Instant,
+        s: &Summary,
+    ) {
+        let Some(live) = self.live.as_deref() else {
+            return;
+        };
+        if !live.server.span().is_recording() {
+            return;
+        }
+        let end_at = live.wall(end);
+        let first_token = m.first_token.map(|t| live.wall(t));
+        let failed = outcome != Outcome::Ok;
+        let mut common = Vec::with_capacity(12);
+        if let Some(model) = ex.model.as_deref() {
+            common.push(KeyValue::new("gen_ai.request.model", bounded(model)));
+        }
+        if ex.operation != Operation::Other {
+            common.push(KeyValue::new("gen_ai.request.stream", ex.stream));
+        }
+        if let Some(max) = ex.max_tokens {
+            common.push(KeyValue::new("gen_ai.request.max_tokens", int(max)));
+        }
+        if let Some(model) = m.response_model.as_deref() {
+            common.push(KeyValue::new("gen_ai.response.model", bounded(model)));
+        }
+        if let Some(u) = m.usage {
+            common.push(KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                int(u.prompt_tokens),
+            ));
+        }
+        if let Some(out) = s.output_tokens {
+            common.push(KeyValue::new("gen_ai.usage.output_tokens", int(out)));
+        }
+        if !m.finish_reasons.is_empty() {
+            let reasons: Vec<StringValue> = m
+                .finish_reasons
+                .iter()
+                .take(MAX_FINISH_REASONS)
+                .map(|r| StringValue::from(bounded(r)))
+                .collect();
+            common.push(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                Value::Array(Array::String(reasons)),
+            ));
+        }
+        common.push(KeyValue::new("weir.backend", ex.backend.to_string()));
+        common.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(ex.status.as_u16()),
+        ));
+        if let Some(e) = error_type(ex, m, outcome) {
+            common.push(KeyValue::new("error.type", e));
+        }
+
+        if let Some(client) = &live.client {
+            let span = client.span();
+            span.set_attributes(common.iter().cloned());
+            if let (Some(t), Some(at)) = (m.first_token, first_token) {
+                let upstream_ttft = t.saturating_duration_since(ex.sent);
+                span.set_attribute(ttfc(upstream_ttft));
+                span.add_event_with_timestamp("first_token", at, Vec::new());
+            }
+            if failed {
+                span.set_status(Status::error(outcome.as_str()));
+            }
+            span.end_with_timestamp(end_at);
+        }
+
+        let span = live.server.span();
+        span.update_name(span_name(ex.operation, ex.model.as_deref()));
+        span.set_attributes(common);
+        span.set_attribute(KeyValue::new("weir.outcome", outcome.as_str()));
+        if let Outcome::Timeout(kind) = outcome {
+            span.set_attribute(KeyValue::new("weir.timeout", kind));
+        }
+        if let (Some(t), Some(at)) = (m.first_token, first_token) {
+            span.set_attribute(ttfc(t.saturating_duration_since(ex.t0)));
+            span.add_event_with_timestamp("first_token", at, Vec::new());
+        }
+        if let Some(p50) = s.itl_p50_ms {
+            span.set_attribute(KeyValue::new("weir.itl.p50", p50 / 1e3));
+        }
+        if let Some(max) = s.itl_max_ms {
+            span.set_attribute(KeyValue::new("weir.itl.max", max / 1e3));
+        }
+        if s.tokens_estimated {
+            span.set_attribute(KeyValue::new("weir.usage.estimated", true));
+        }
+        // A client's own error (4xx) is not the gateway's failure (HTTP server conventions).
+        if failed && outcome != Outcome::ClientError {
+            span.set_status(Status::error(outcome.as_str()));
+        }
+        span.end_with_timestamp(end_at);
+    }
+}
+
+impl Live {
+    fn wall(&self, t: Instant) -> SystemTime {
+        self.wall0 + t.saturating_duration_since(self.t0)
+    }
+}
+
+/// `{gen_ai.operation.name} {gen_ai.request.model}`, or the operation alone without a model.
+fn span_name(operation: Operation, model: Option<&str>) -> String {
+    match model {
+        Some(m) => format!("{} {}", operation.as_str(), bounded(m)),
+        None => operation.as_str().to_string(),
+    }
+}
+
+/// `error.type`: the status code for an HTTP error, else what went wrong, in the words of
+/// `weir_errors_total{kind}` and `outcome`.
+fn error_type(ex: &Exchange, m: &Measurement, outcome: Outcome) -> Option<String> {
+    let kind = match outcome {
+        Outcome::Ok => return None,
+        Outcome::Timeout(_) => "timeout",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Unavailable => "unavailable",
+        Outcome::ClientError | Outcome::UpstreamError if !ex.status.is_success() => {
+            return Some(ex.status.as_str().to_string());
+        }
+        Outcome::UpstreamError if m.stream_error => "stream_error",
+        Outcome::UpstreamError | Outcome::ClientError => "protocol",
+    };
+    Some(kind.to_string())
+}
+
+fn ttfc(d: Duration) -> KeyValue {
+    KeyValue::new("gen_ai.response.time_to_first_chunk", d.as_secs_f64())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// At most `MAX_VALUE` bytes of `s`, cut on a character boundary.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_VALUE {
+        return s.to_string();
+    }
+    let mut end = MAX_VALUE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(MAX_VALUE);
+        let b = bounded(&s);
+        assert!(b.len() <= MAX_VALUE && b.len() >= MAX_VALUE - 1);
+        assert_eq!(span_name(Operation::Chat, Some("m")), "chat m");
+        assert_eq!(span_name(Operation::Other, None), "other");
+    }
+}
