@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod observe;
 pub mod server;
 pub mod sim;
+pub mod slo;
 pub mod telemetry;
