@@ -2,6 +2,7 @@
 //! HTTP/1.1 and an h2c client, and `/metrics` scraping.
 #![allow(dead_code)]
 
+pub mod ops;
 pub mod prom;
 
 use std::net::SocketAddr;
