@@ -24,6 +24,8 @@ pub struct Config {
     /// How a backend is picked among those serving the model.
     pub balance: Strategy,
     pub timeouts: Timeouts,
+    /// Per-model TTFT / ITL thresholds and goodput (`[slo]`, see `slo.rs`).
+    pub slo: crate::slo::SloConfig,
     pub health: Health,
     pub retries: Retries,
     pub limits: Limits,
@@ -212,6 +214,7 @@ impl Default for Config {
             backends: Vec::new(),
             balance: Strategy::default(),
             timeouts: Timeouts::default(),
+            slo: crate::slo::SloConfig::default(),
             health: Health::default(),
             retries: Retries::default(),
             limits: Limits::default(),
@@ -412,6 +415,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        self.slo.validate()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("admin_listen".into(), "must differ from `listen`"));
         }
@@ -482,6 +486,7 @@ mod tests {
         assert_eq!(c.timeouts.idle, d.timeouts.idle);
         assert_eq!(c.timeouts.total, d.timeouts.total);
         assert_eq!(c.balance, d.balance);
+        assert_eq!(c.slo, d.slo);
         assert_eq!(c.health.interval, d.health.interval);
         assert_eq!(c.health.timeout, d.health.timeout);
         assert_eq!(c.health.unhealthy_threshold, d.health.unhealthy_threshold);

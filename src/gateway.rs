@@ -30,7 +30,7 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     let admin_listener = TcpListener::bind(config.admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let metrics = Metrics::new(config.known_models());
+    let metrics = Metrics::with_slo(config.known_models(), &config.slo);
     let proxy_opts = server::Options {
         grace: config.shutdown_grace,
         header_read_timeout: Some(config.limits.header_read_timeout),

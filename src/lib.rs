@@ -40,5 +40,6 @@ pub mod metrics;
 pub mod observe;
 pub mod server;
 pub mod sim;
+pub mod slo;
 pub mod telemetry;
 pub mod trace;

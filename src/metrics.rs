@@ -155,6 +155,7 @@ struct Inner {
     tokens: IntCounterVec,
     in_flight: IntGauge,
     backend_up: IntGaugeVec,
+    slo: crate::slo::Slo,
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
 }
 
@@ -215,10 +216,20 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 impl Metrics {
     /// Builds every series; `models` are the model names that get their own label value.
     pub fn new(models: Vec<String>) -> Metrics {
+        Metrics::with_slo(models, &crate::slo::SloConfig::default())
+    }
+
+    /// As [`Metrics::new`], with the SLO series of `slo` and its thresholds added to the
+    /// TTFT, TPOT and ITL buckets.
+    pub fn with_slo(models: Vec<String>, slo: &crate::slo::SloConfig) -> Metrics {
+        let ttft_buckets = crate::slo::merge_buckets(TTFT_BUCKETS, &slo.ttft_bounds());
+        let itl_buckets = crate::slo::merge_buckets(TPOT_BUCKETS, &slo.itl_bounds());
+        let registry = Registry::new();
         let common = [MODEL, OPERATION, BACKEND];
         let with = |extra: &'static str| [MODEL, OPERATION, BACKEND, extra];
         let inner = Inner {
-            registry: Registry::new(),
+            slo: crate::slo::Slo::new(slo, &registry),
+            registry,
             models: RwLock::new(Vec::new()),
             other: OTHER.into(),
             retries: counter(
@@ -239,19 +250,19 @@ impl Metrics {
             ttft: hist(
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time from the request head to the first content-bearing event sent to the client.",
-                TTFT_BUCKETS,
+                &ttft_buckets,
                 &common,
             ),
             tpot: hist(
                 "gen_ai_server_time_per_output_token_seconds",
                 "Per request: (e2e - TTFT) / (output tokens - 1).",
-                TPOT_BUCKETS,
+                &itl_buckets,
                 &common,
             ),
             itl: hist(
                 "weir_inter_token_latency_seconds",
                 "Gap between successive content-bearing events of a request (one sample per gap).",
-                TPOT_BUCKETS,
+                &itl_buckets,
                 &common,
             ),
             duration: hist(
@@ -440,6 +451,11 @@ impl Metrics {
 
     pub fn timeout(&self, kind: &str) {
         self.inner.timeouts.with_label_values(&[kind]).inc();
+    }
+
+    /// The SLO judge and its series.
+    pub fn slo(&self) -> &crate::slo::Slo {
+        &self.inner.slo
     }
 
     pub fn in_flight(&self) -> &IntGauge {

@@ -196,6 +196,14 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
     if let Some(t) = tpot {
         s.tpot.observe(secs(t));
     }
+    let finished = crate::slo::Finished {
+        streamed_generation: ex.stream && ex.operation.is_generation(),
+        outcome,
+        ttft,
+        tpot,
+        e2e,
+    };
+    ex.metrics.slo().record(s.model(), &finished);
 
     let (itl_p50, itl_max) = itl_summary(&m.itl_us);
     let finish_reasons = m.finish_reasons.join(",");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod ops;
 pub mod prom;
 
 use std::net::SocketAddr;
