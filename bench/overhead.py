@@ -261,7 +261,8 @@ def main():
             after = scrape(admin_port, "weir_gateway_overhead_seconds")
             delta = {le: after.get(le, 0) - before.get(le, 0) for le in after}
             overhead[level] = (quantile_from_buckets(delta, 0.5), quantile_from_buckets(delta, 0.99))
-        time.sleep(3)
+        # jemalloc hands freed pages back after its decay time (10 s by default).
+        time.sleep(15)
         settled_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
         write_report(args, levels, results, overhead, idle_rss, settled_rss)
     finally:

@@ -65,6 +65,8 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
         stopped(rx),
         admin_opts,
     ));
+    // Before the first health check, so that its span is bridged too.
+    state.telemetry.bridge_tracing();
     let health = tokio::spawn(health::run(state.clone(), rx2));
     tracing::info!(%addr, %admin_addr, backends = state.pool().backends.len(), "weir is serving");
     Ok(Gateway {
@@ -104,6 +106,7 @@ impl Gateway {
         path: &std::path::Path,
         overrides: impl Fn(&mut Config),
     ) -> Result<(), crate::config::ConfigError> {
+        let _span = tracing::info_span!("config_reload", path = %path.display()).entered();
         let mut config = Config::load(path)?;
         overrides(&mut config);
         config.normalise();

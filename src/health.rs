@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::balance::{Backend, ejection};
@@ -26,7 +27,11 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         let pool = state.pool();
         let checks = pool.backends.iter().map(|b| {
             let (b, config, metrics) = (b.clone(), config.clone(), state.metrics.clone());
-            tokio::spawn(async move { check(&b, &config.health, config.balance, &metrics).await })
+            let span = tracing::info_span!("health_check", otel.kind = "client", backend = %b.name);
+            tokio::spawn(
+                async move { check(&b, &config.health, config.balance, &metrics).await }
+                    .instrument(span),
+            )
         });
         for c in checks.collect::<Vec<_>>() {
             let _ = c.await;

@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc with background purging: memory freed after a burst of streams goes back to
+/// the system instead of staying in the allocator's arenas.
+#[cfg(all(unix, not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use weir::config::{BackendConfig, Config};
 
 #[derive(Parser, Debug)]

@@ -11,6 +11,10 @@
 //! ends with the body, possibly in a `Drop`), the first-token event carries the time the
 //! observer saw the token, attribute types (string arrays, doubles) map one to one, and with
 //! tracing off nothing is built at all, whatever `RUST_LOG` says.
+//!
+//! tracing-opentelemetry bridges weir's own `tracing` spans — the work beside requests:
+//! health-check rounds, config reloads — into the same pipeline, through a layer of the
+//! global subscriber that the running gateway fills in (`Telemetry::bridge_tracing`).
 
 mod config;
 mod queue;
@@ -25,27 +29,47 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter as _};
+use std::sync::OnceLock;
 use tokio::time::Instant;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
 use crate::metrics::{Metrics, Operation};
 use crate::trace::RequestTrace;
 pub use config::{Protocol, SamplerKind, TelemetryConfig};
 use queue::{Dropped, QueueConfig, QueueHandle};
 
-/// Installs the global JSON subscriber writing to stdout; `default_filter` applies when
-/// `RUST_LOG` is not set.
+/// The bridge from `tracing` spans to OpenTelemetry; empty until a gateway with traces on
+/// fills it in.
+type Bridge = Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTracer>>;
+
+static BRIDGE: OnceLock<reload::Handle<Bridge, Registry>> = OnceLock::new();
+
+/// Installs the global subscriber: JSON lines on stdout (`default_filter` applies when
+/// `RUST_LOG` is not set) and the, at first empty, bridge of weir's own spans to OTLP.
 pub fn init_logging(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
+    let (bridge, handle) = reload::Layer::new(None);
+    // Only weir's own spans: never the exporter's (that would trace the exporting itself).
+    let bridge = bridge.with_filter(Targets::new().with_target("weir", tracing::Level::INFO));
+    let json = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_env_filter(filter)
         .with_writer(std::io::stdout)
-        .try_init();
+        .with_filter(filter);
+    if Registry::default()
+        .with(bridge)
+        .with(json)
+        .try_init()
+        .is_ok()
+    {
+        let _ = BRIDGE.set(handle);
+    }
 }
 
 /// A gateway's trace pipeline; with tracing off it holds nothing but the dropped-spans counter.
@@ -90,6 +114,19 @@ impl Telemetry {
             }
         }
         telemetry
+    }
+
+    /// Sends weir's own `tracing` spans (health checks, reloads) through this pipeline too,
+    /// when the global subscriber is [`init_logging`]'s (the `weir` binary, with its one
+    /// gateway); otherwise it does nothing.
+    pub fn bridge_tracing(&self) {
+        let (Some(tracer), Some(handle)) = (&self.tracer, BRIDGE.get()) else {
+            return;
+        };
+        let layer = tracing_opentelemetry::layer().with_tracer(tracer.clone());
+        if let Err(e) = handle.reload(Some(layer)) {
+            tracing::warn!(error = %e, "cannot bridge weir's own spans to OTLP");
+        }
     }
 
     /// Whether spans are made.

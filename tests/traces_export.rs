@@ -195,7 +195,30 @@ async fn the_binary_traces_from_otel_variables_and_flushes_on_sigterm() {
         .status()
         .expect("kill runs");
     assert!(kill.success());
-    let spans = col.trace(&unhex(trace), 2).await;
+    // The request's two spans, and weir's own health-check span bridged from `tracing`.
+    let mut all = Vec::new();
+    while all
+        .iter()
+        .filter(|r: &&otlp::Received| r.span.trace_id == unhex(trace))
+        .count()
+        < 2
+        || !all
+            .iter()
+            .any(|r: &otlp::Received| r.span.name == "health_check")
+    {
+        all.push(col.next().await);
+    }
+    let health = all.iter().find(|r| r.span.name == "health_check").unwrap();
+    assert_eq!(health.span.kind, SpanKind::Client as i32);
+    assert_eq!(
+        str_attr(&health.span, "backend"),
+        Some(sim.to_string().as_str())
+    );
+    assert_eq!(health.service, "weir-cli");
+    let spans: Vec<_> = all
+        .into_iter()
+        .filter(|r| r.span.trace_id == unhex(trace))
+        .collect();
     let server = spans
         .iter()
         .find(|r| r.span.kind == SpanKind::Server as i32)
