@@ -198,7 +198,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--ttft", default="20ms")
     ap.add_argument("--itl-ms", type=float, default=20.0, help="simulated time per token")
-    ap.add_argument("--max-token-rate", type=float, default=40000.0,
+    ap.add_argument("--max-token-rate", type=float, default=20000.0,
                     help="cap on the simulated tokens/s over all streams (ITL grows beyond it)")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before each run")
     ap.add_argument("--max-tokens", type=int, default=32)
