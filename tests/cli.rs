@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -45,23 +44,8 @@ async fn one_json_access_log_line_per_request() {
             .spawn()
             .expect("weir starts"),
     );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let serving = loop {
-        let v = next(&mut rx).await;
-        if v["message"] == "weir is serving" {
-            break v;
-        }
-    };
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
     let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
 
     let mut req = post(addr, "/v1/chat/completions", &chat(true, 9));
@@ -78,12 +62,7 @@ async fn one_json_access_log_line_per_request() {
     let (status, _, _) = send(&client(), req).await;
     assert_eq!(status, StatusCode::OK);
 
-    let line = loop {
-        let v = next(&mut rx).await;
-        if v["target"] == "weir::access" {
-            break v;
-        }
-    };
+    let line = line_where(&mut rx, "target", "weir::access").await;
     assert_eq!(line["request_id"], "log-test-1");
     assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
@@ -187,15 +166,6 @@ fn demo_runs_a_load_and_prints_the_summary() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("40/40"));
 }
 
-async fn next(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-) -> serde_json::Value {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("a log line in time")
-        .expect("weir still running")
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_config_file() {
     let a = start_sim(SimConfig::fast()).await;
@@ -218,23 +188,8 @@ async fn sighup_reloads_the_config_file() {
             .spawn()
             .expect("weir starts"),
     );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let serving = loop {
-        let v = next(&mut rx).await;
-        if v["message"] == "weir is serving" {
-            break v;
-        }
-    };
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
     let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
     std::fs::write(&path, file(b)).unwrap();
     let hup = Command::new("kill")
@@ -242,12 +197,7 @@ async fn sighup_reloads_the_config_file() {
         .status()
         .unwrap();
     assert!(hup.success());
-    loop {
-        let v = next(&mut rx).await;
-        if v["message"] == "config reloaded" {
-            break;
-        }
-    }
+    line_where(&mut rx, "message", "config reloaded").await;
     let (_, backends) = get_text(admin, "/backends").await;
     assert!(
         backends.contains(&b.to_string()) && !backends.contains(&a.to_string()),

@@ -205,3 +205,44 @@ pub const CHAT: [(&str, &str); 2] = [
     ("gen_ai_request_model", "tiny-llama"),
     ("gen_ai_operation_name", "chat"),
 ];
+
+/// The JSON lines a child process writes on stdout (the access log, weir's other logs), read
+/// on a thread; every line must be JSON.
+pub fn json_lines(
+    stdout: std::process::ChildStdout,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line whose `field` equals `value`, waiting at most 20 s.
+pub async fn line_where(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    field: &str,
+    value: &str,
+) -> serde_json::Value {
+    let wait = async {
+        while let Some(v) = rx.recv().await {
+            if v[field] == value {
+                return v;
+            }
+        }
+        panic!("the process ended before a line with {field} = {value}");
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no line with {field} = {value} within 20 s"))
+}
