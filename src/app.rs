@@ -316,7 +316,7 @@ type Failure = (GatewayError, Outcome);
 async fn call_upstream(
     state: &AppState,
     config: &Config,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: UpBody,
     ex: &mut Exchange,
 ) -> Result<Response<Incoming>, Failure> {
@@ -369,7 +369,12 @@ async fn call_upstream(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
+        // The headers are copied only when another attempt may need them.
+        *req.headers_mut() = if last_try {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         if let Some(key) = &backend.api_key {
             req.headers_mut().insert(header::AUTHORIZATION, key.clone());
         }
