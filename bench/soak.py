@@ -171,15 +171,23 @@ passive_failures = 0
         failed = sum(v for k, v in m.items() if k not in ("ok", "cancelled"))
         print("weir counted:", {k: int(v) for k, v in sorted(m.items())})
 
+        # Flat = no trend: the median of the last third of the samples after warm-up against
+        # the median of the first third (open connections come and go with the traffic, so
+        # single samples wander; a leak shows as growth between the thirds).
         warm = [s for s in samples if s[0] >= seconds * 0.2]
-        base_rss = statistics.median(s[1] for s in warm[:3]) if warm else 0
-        base_fds = statistics.median(s[2] for s in warm[:3]) if warm else 0
-        max_rss_dev = max(abs(s[1] - base_rss) / base_rss for s in warm) if warm else 0
-        max_fd_dev = max(abs(s[2] - base_fds) / max(base_fds, 1) for s in warm) if warm else 0
-        print(f"RSS after warm-up: {min(s[1] for s in warm) / 2**20:.1f}..{max(s[1] for s in warm) / 2**20:.1f} MiB "
-              f"(max deviation {max_rss_dev * 100:.1f} % from {base_rss / 2**20:.1f} MiB)")
-        print(f"open fds after warm-up: {min(s[2] for s in warm)}..{max(s[2] for s in warm)} "
-              f"(max deviation {max_fd_dev * 100:.1f} % from {base_fds:.0f})")
+        third = max(len(warm) // 3, 1)
+
+        def drift(i):
+            first = statistics.median(s[i] for s in warm[:third])
+            last = statistics.median(s[i] for s in warm[-third:])
+            return first, last, abs(last - first) / max(first, 1)
+
+        rss_first, rss_last, max_rss_dev = drift(1)
+        fd_first, fd_last, max_fd_dev = drift(2)
+        print(f"RSS after warm-up: {min(s[1] for s in warm) / 2**20:.1f}..{max(s[1] for s in warm) / 2**20:.1f} MiB; "
+              f"median {rss_first / 2**20:.1f} MiB in the first third, {rss_last / 2**20:.1f} MiB in the last")
+        print(f"open fds after warm-up: {min(s[2] for s in warm)}..{max(s[2] for s in warm)}; "
+              f"median {fd_first:.0f} in the first third, {fd_last:.0f} in the last")
         checks = [
             ("every request counted", sent + hung[0] <= counted <= sent + hung[0] + hung[1], f"{counted:.0f} counted, {sent + hung[0]} sent (+{hung[1]} that may not have arrived)"),
             ("every client-seen failure counted", failed == errors, f"{failed:.0f} counted, {errors} seen"),
