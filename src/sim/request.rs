@@ -142,17 +142,7 @@ pub(crate) fn parse(
     if !errors.is_empty() {
         return Err(validation(&errors));
     }
-    if let Some(requested) = requested_model
-        && requested != model
-    {
-        let message = format!("The model `{requested}` does not exist. Valid aliases: {model}.");
-        return Err(ApiError::openai(
-            StatusCode::NOT_FOUND,
-            "NotFoundError",
-            &message,
-            Some("model"),
-        ));
-    }
+    check_model(requested_model, model)?;
     match n {
         Some(n) if n < 1 => {
             let message = format!("n must be at least 1, got {n}. (parameter=n, value={n})");
@@ -277,17 +267,7 @@ pub(crate) fn parse_embeddings(
     if !errors.is_empty() {
         return Err(validation(&errors));
     }
-    if let Some(requested) = requested
-        && requested != model
-    {
-        let message = format!("The model `{requested}` does not exist. Valid aliases: {model}.");
-        return Err(ApiError::openai(
-            StatusCode::NOT_FOUND,
-            "NotFoundError",
-            &message,
-            Some("model"),
-        ));
-    }
+    check_model(requested, model)?;
     let limit = u64::from(max_model_len);
     if let Some(&too_long) = inputs.iter().find(|&&t| t > limit) {
         let message = format!(
@@ -299,4 +279,21 @@ pub(crate) fn parse_embeddings(
     }
     let total: u64 = inputs.iter().sum();
     Ok((u32::try_from(total).unwrap_or(u32::MAX), inputs.len()))
+}
+
+/// vLLM's 404 for a model it does not serve.
+fn check_model(requested: Option<&str>, model: &str) -> Result<(), ApiError> {
+    match requested {
+        Some(requested) if requested != model => {
+            let message =
+                format!("The model `{requested}` does not exist. Valid aliases: {model}.");
+            Err(ApiError::openai(
+                StatusCode::NOT_FOUND,
+                "NotFoundError",
+                &message,
+                Some("model"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
