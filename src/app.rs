@@ -173,8 +173,7 @@ impl Pending {
 
     /// The gateway answers itself: record and build the error response.
     fn fail(mut self, err: GatewayError, outcome: Outcome) -> Response<ResponseBody> {
-        let ex = self.ex.take().expect("exchange present until finished");
-        let mut ex = ex;
+        let mut ex = self.ex.take().expect("exchange present until finished");
         ex.status = err.status();
         if let Some(kind) = err.kind() {
             ex.metrics.error(kind);

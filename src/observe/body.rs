@@ -180,11 +180,15 @@ impl Observer {
 
     fn finish(mut self: Box<Self>, outcome: Outcome) {
         let end = Instant::now();
-        if let Mode::Json { frames, .. } = &mut self.mode {
+        if let Mode::Json { frames, len } = &mut self.mode {
             let body = match frames.len() {
                 0 => Bytes::new(),
                 1 => frames[0].clone(),
-                _ => frames.iter().flat_map(|b| b.iter().copied()).collect(),
+                _ => {
+                    let mut all = BytesMut::with_capacity(*len);
+                    frames.iter().for_each(|f| all.extend_from_slice(f));
+                    all.freeze()
+                }
             };
             if !body.is_empty() {
                 let info = sse::classify(&body);

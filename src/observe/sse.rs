@@ -264,13 +264,50 @@ struct Chunk<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<Choices<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
     error: Option<IgnoredAny>,
     #[serde(borrow, default)]
     system_fingerprint: Option<Cow<'a, str>>,
+}
+
+/// What a `choices` array says, gathered while it is read: no vector of choices is built
+/// per event.
+#[derive(Default)]
+struct Choices<'a> {
+    count: usize,
+    content: bool,
+    finished: Vec<(u32, Cow<'a, str>)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fold<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fold<'a> {
+            type Value = Choices<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Choices<'a>, A::Error> {
+                let mut out = Choices::default();
+                while let Some(c) = seq.next_element::<Choice<'a>>()? {
+                    out.count += 1;
+                    let d = c.delta.as_ref().or(c.message.as_ref());
+                    out.content |= d.is_some_and(Delta::has_content) || non_empty(c.text);
+                    if let Some(r) = c.finish_reason {
+                        out.finished.push((c.index, r));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Fold(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -339,16 +376,9 @@ pub fn classify(data: &[u8]) -> EventInfo<'_> {
     };
     match chunk.choices {
         Some(choices) => {
-            info.usage_only = choices.is_empty() && info.usage.is_some();
-            for c in choices {
-                let d = c.delta.as_ref().or(c.message.as_ref());
-                if d.is_some_and(Delta::has_content) || non_empty(c.text) {
-                    info.content = true;
-                }
-                if let Some(r) = c.finish_reason {
-                    info.finished.push((c.index, r));
-                }
-            }
+            info.usage_only = choices.count == 0 && info.usage.is_some();
+            info.content = choices.content;
+            info.finished = choices.finished;
         }
         None => info.invalid = !info.error && info.usage.is_none(),
     }
