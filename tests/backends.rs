@@ -14,7 +14,16 @@ use weir::config::{Config, Strategy};
 use weir::gateway::{self, Gateway};
 use weir::sim::SimConfig;
 
-/// A config with quick health checks for tests.
+/// A config with quick health checks whose backends all serve `tiny-llama` from the start.
+fn serving(backends: &[SocketAddr]) -> Config {
+    let mut c = quick(backends);
+    for b in &mut c.backends {
+        b.models = vec!["tiny-llama".into()];
+    }
+    c
+}
+
+/// A config with quick health checks for tests (models discovered).
 fn quick(backends: &[SocketAddr]) -> Config {
     let mut c = gateway_config(backends);
     c.models.clear();
@@ -70,7 +79,7 @@ async fn traffic_spreads_by_weight() {
         start_sim(SimConfig::fast()).await,
         start_sim(SimConfig::fast()).await,
     ];
-    let mut c = quick(&sims);
+    let mut c = serving(&sims);
     c.backends[0].weight = 3;
     let gw = gateway::start(c).await.unwrap();
     let client = client();
@@ -95,7 +104,7 @@ async fn traffic_spreads_by_weight() {
 #[tokio::test]
 async fn least_outstanding_counts_a_stream_until_its_body_ends() {
     let sims = [start_sim(sim(0, 50)).await, start_sim(sim(0, 50)).await];
-    let gw = gateway::start(quick(&sims)).await.unwrap();
+    let gw = gateway::start(serving(&sims)).await.unwrap();
     let client = client();
     // Ten long streams, opened one after another: each goes to the backend holding fewer.
     let mut open_streams = Vec::new();
@@ -150,7 +159,7 @@ async fn queue_aware_follows_the_backends_queues() {
             .await,
         );
     }
-    let mut c = quick(&sims);
+    let mut c = serving(&sims);
     c.balance = Strategy::QueueAware;
     let gw = gateway::start(c).await.unwrap();
     wait_for_backends(&gw, "the scraped queues", |v| {
@@ -175,7 +184,13 @@ async fn queue_aware_follows_the_backends_queues() {
 async fn a_killed_backend_is_ejected_its_requests_succeed_elsewhere_and_it_comes_back() {
     let mut a = StoppableSim::start(SimConfig::fast(), "127.0.0.1:0".parse().unwrap()).await;
     let b = start_sim(SimConfig::fast()).await;
-    let gw = gateway::start(quick(&[a.addr, b])).await.unwrap();
+    let mut c = serving(&[a.addr, b]);
+    // This is about passive ejection and retries: the active checks would otherwise be free
+    // to take the dead backend down before any request reached it (killing the simulator
+    // waits for its open connections). They still bring it back below.
+    c.health.unhealthy_threshold = 1000;
+    c.health.ejection_base = Duration::from_secs(1);
+    let gw = gateway::start(c).await.unwrap();
     let client = client();
     a.kill().await;
     for _ in 0..20 {
@@ -225,7 +240,7 @@ async fn a_503_before_the_first_byte_is_retried_on_another_backend() {
         ..SimConfig::fast()
     };
     let sims = [start_sim(sick).await, start_sim(SimConfig::fast()).await];
-    let mut c = quick(&sims);
+    let mut c = serving(&sims);
     c.balance = Strategy::RoundRobin;
     c.health.passive_failures = 0;
     let gw = gateway::start(c).await.unwrap();
