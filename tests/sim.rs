@@ -731,7 +731,7 @@ async fn stall_fault_sends_nothing_and_abort_is_counted() {
         Method::POST,
         &s.url(COMPLETIONS),
         &[("x-sim-fault", "stall=2")],
-        r#"{"prompt":"hi","max_tokens":10,"stream":true}"#,
+        r#"{"prompt":"hi","max_tokens":10,"ignore_eos":true,"stream":true}"#,
     )
     .await;
     let mut buf = Vec::new();
