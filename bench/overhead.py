@@ -35,6 +35,14 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start(cmd, core, **kw):
+    """Starts cmd pinned to one core, with as many open files as the hard limit allows."""
+    return subprocess.Popen(["taskset", "-c", str(core)] + cmd, preexec_fn=raise_nofile, **kw)
 
 
 def children(pid):
@@ -140,8 +148,13 @@ def run_bench(url, level, args, tmp):
     # The simulated token rate is capped so that the load generator and the simulator (one
     # core between them) keep up: ITL grows with the number of streams beyond the cap.
     itl_ms = max(args.itl_ms, level * 1000.0 / args.max_token_rate)
+    # Clients start spread over about one request's duration, so that identical requests do
+    # not run in lock-step; the warm-up covers the ramp.
+    ramp = itl_ms * args.max_tokens / 1000.0
+    warmup = max(args.warmup, ramp + 1.0)
     cmd = [WEIR, "bench", "--url", url, "--concurrency", str(level), "--duration", f"{args.duration}s",
-           "--warmup", f"{args.warmup}s", "--max-tokens", str(args.max_tokens), "--prompt-tokens", "64",
+           "--warmup", f"{warmup * 1000:.0f}ms", "--ramp-up", f"{ramp * 1000:.0f}ms",
+           "--max-tokens", str(args.max_tokens), "--prompt-tokens", "64",
            "--header", f"x-sim-itl-ms:{itl_ms:.3f}", "--json", out]
     p = start(cmd, 0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p, out
@@ -174,6 +187,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--ttft", default="20ms")
+    ap.add_argument("--ttft-jitter", default="1ms",
+                    help="uniform random extra TTFT; at least the simulator's 1 ms timer tick, so that "
+                         "the tick does not absorb the time a proxy adds before the request reaches it")
     ap.add_argument("--itl-ms", type=float, default=20.0, help="simulated time per token")
     ap.add_argument("--max-token-rate", type=float, default=20000.0,
                     help="cap on the simulated tokens/s over all streams (ITL grows beyond it)")
@@ -197,6 +213,7 @@ def main():
     try:
         sim_port, weir_port, admin_port, nginx_port = free_port(), free_port(), free_port(), free_port()
         sim = start([WEIR, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", args.ttft,
+                     "--ttft-jitter", args.ttft_jitter,
                      "--max-num-seqs", "100000"], 0, stdout=subprocess.DEVNULL)
         procs.append(sim)
         wait_port(sim_port)
@@ -212,7 +229,13 @@ def main():
         procs.append(nginx)
         for port in (weir_port, nginx_port):
             wait_port(port)
-        time.sleep(0.5)
+        # The idle footprint: after a little traffic (pools, caches and metric series made
+        # once), then quiet for longer than weir's pool idle timeout (4 s) and jemalloc's decay.
+        for port in (weir_port, nginx_port):
+            subprocess.run(["taskset", "-c", "0", WEIR, "bench", "--url", f"http://127.0.0.1:{port}",
+                            "--concurrency", "16", "--duration", "2s", "--max-tokens", str(args.max_tokens)],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(6)
         idle_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
         targets = {
             "direct": (f"http://{upstream}", None),
@@ -238,7 +261,8 @@ def main():
             after = scrape(admin_port, "weir_gateway_overhead_seconds")
             delta = {le: after.get(le, 0) - before.get(le, 0) for le in after}
             overhead[level] = (quantile_from_buckets(delta, 0.5), quantile_from_buckets(delta, 0.99))
-        # jemalloc hands freed pages back after its decay time (10 s by default).
+        # Pooled backend connections close after 4 s idle; jemalloc hands freed pages back
+        # within about a second after that.
         time.sleep(15)
         settled_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
         write_report(args, levels, results, overhead, idle_rss, settled_rss)
@@ -286,18 +310,25 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
         f"Gateway overhead, measured {datetime.date.today().isoformat()} at commit `{commit}` on "
         f"{os.cpu_count()} cores ({cpu_model}) with:", "",
         f"    python3 bench/overhead.py --levels {args.levels} --rounds {args.rounds} --duration {args.duration} "
-        f"--ttft {args.ttft} --itl-ms {args.itl_ms:g} --max-token-rate {args.max_token_rate:g} "
+        f"--ttft {args.ttft} --ttft-jitter {args.ttft_jitter} --itl-ms {args.itl_ms:g} --max-token-rate {args.max_token_rate:g} "
         f"--warmup {args.warmup} --max-tokens {args.max_tokens}", "",
         "`weir sim` is the backend (TTFT and ITL as above, every request streams its max_tokens; the ITL "
         "grows with the number of streams beyond the token-rate cap, so that the load generator and the "
-        "simulator keep up on their one core). After a discarded warm-up, the same "
-        "`weir bench` closed-loop load goes straight to the simulator (direct), through weir, and through "
+        "simulator keep up on their one core). The TTFT gets a uniform random extra of up to the jitter: "
+        "the simulator's timer ticks in whole milliseconds, and without it a tick would swallow whatever "
+        "a proxy adds before the request reaches the simulator. The `weir bench` clients start spread "
+        "over one request's duration (`--ramp-up`) so that identical requests do not run in lock-step, "
+        "and the load runs on from the discarded warm-up into the measured part without a pause. The "
+        "same closed-loop load goes straight to the simulator (direct), through weir, and through "
         "nginx (`proxy_buffering off`, keepalive upstream, one worker) — in rounds, in shuffled order. "
         "The load generator and the simulator are pinned to core 0, the proxy under test to core 1 "
         "(`taskset`). Every figure is the median over the rounds; *added* latencies are the proxy's "
         "percentile minus the direct run's. CPU is the proxy's user+system time from /proc over the run; "
         "tokens per core-second is its reciprocal per token (the token rate the proxy could sustain "
-        "with one core to itself). Both proxies write an access log.", "",
+        "with one core to itself). Both proxies write an access log. RSS per stream is the peak RSS at "
+        "the top level minus the idle footprint, over the streams; the idle footprint is the RSS after "
+        "a little traffic (16 streams for 2 s) and 6 s of quiet; *after the load* is 15 s after the "
+        "last run.", "",
         "| streams | proxy | added TTFT p50 (ms) | added TTFT p99 (ms) | added ITL p50 (ms) | added ITL p99 (ms) "
         "| CPU s / 1k req | CPU s / 100k tokens | tokens per core-second | peak RSS (MiB) | errors |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -56,8 +56,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Run the same load this long first and discard it (connections warm, caches filled).
+    /// The load runs on without a pause into the measured part, so it starts in a steady state.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// Closed loop: start the clients evenly over this long instead of all at once. Identical
+    /// requests started together stay in lock-step (every stream starts and gets its tokens in
+    /// the same instant); a ramp of about one request's duration spreads them out.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp_up: Duration,
     /// Extra request header `name:value`; repeat for several.
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
@@ -123,14 +129,6 @@ pub async fn run_load(args: &BenchArgs, load: Load) -> std::io::Result<Report> {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(usize::MAX)
         .build_http();
-    if !args.warmup.is_zero() {
-        let warm = BenchArgs {
-            duration: args.warmup,
-            requests: None,
-            ..args.clone()
-        };
-        drive(&client, &warm, load).await?;
-    }
     drive(&client, args, load).await
 }
 
@@ -148,7 +146,9 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
     let client = client.clone();
     let budget = Arc::new(AtomicUsize::new(args.requests.unwrap_or(usize::MAX)));
     let started = Instant::now();
-    let deadline = started + args.duration;
+    // Requests started before `measured` are the warm-up: sent, awaited and not counted.
+    let measured = started + args.warmup;
+    let deadline = measured + args.duration;
     let one = {
         let (client, uri, body, headers) =
             (client.clone(), uri.clone(), body.clone(), headers.clone());
@@ -158,21 +158,36 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
             async move { measure(&client, uri, body, headers).await }
         }
     };
-    let take = |budget: &AtomicUsize| {
-        budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+    // Whether a request starting now is sent, and whether it is counted; None: stop.
+    let admit = move |budget: &AtomicUsize| {
+        let now = Instant::now();
+        if now >= deadline {
+            None
+        } else if now < measured {
+            Some(false)
+        } else {
+            budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| true)
+        }
     };
     let mut samples = Vec::new();
     match load {
         Load::Closed(n) => {
+            let ramp = args.ramp_up;
             let workers: Vec<_> = (0..n)
-                .map(|_| {
+                .map(|i| {
                     let (one, budget) = (one.clone(), budget.clone());
+                    let first = started + ramp.mul_f64(i as f64 / n as f64);
                     tokio::spawn(async move {
+                        tokio::time::sleep_until(first).await;
                         let mut out = Vec::new();
-                        while Instant::now() < deadline && take(&budget) {
-                            out.push(one().await);
+                        while let Some(counted) = admit(&budget) {
+                            let s = one().await;
+                            if counted {
+                                out.push(s);
+                            }
                         }
                         out
                     })
@@ -185,19 +200,25 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
         Load::Poisson(rate) => {
             let mut tasks = Vec::new();
             let mut next = Instant::now();
-            while Instant::now() < deadline && take(&budget) {
+            loop {
                 tokio::time::sleep_until(next).await;
-                tasks.push(tokio::spawn(one()));
+                let Some(counted) = admit(&budget) else {
+                    break;
+                };
+                tasks.push((counted, tokio::spawn(one())));
                 // Exponential inter-arrival time.
                 let gap = -(1.0 - fastrand::f64()).ln() / rate.max(1e-9);
                 next += Duration::from_secs_f64(gap.min(3600.0));
             }
-            for t in tasks {
-                samples.push(t.await.map_err(std::io::Error::other)?);
+            for (counted, t) in tasks {
+                let s = t.await.map_err(std::io::Error::other)?;
+                if counted {
+                    samples.push(s);
+                }
             }
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = Instant::now().saturating_duration_since(measured);
     Ok(Report::new(load, &samples, elapsed, args.slo.as_ref()))
 }
 

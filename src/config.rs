@@ -169,7 +169,10 @@ pub struct Timeouts {
     /// Request head → end of the response.
     #[serde(with = "humantime_serde")]
     pub total: Duration,
-    /// Idle pooled connections to backends are closed after this long.
+    /// Idle pooled connections to backends are closed after this long. Shorter than vLLM's
+    /// own keep-alive (uvicorn, `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s by default), so that weir
+    /// never sends a request on a connection the backend is closing, and the memory of a
+    /// burst's connections goes back soon after the burst.
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
 }
@@ -233,7 +236,7 @@ impl Default for Timeouts {
             first_token: Duration::from_secs(120),
             idle: Duration::from_secs(60),
             total: Duration::from_secs(600),
-            pool_idle: Duration::from_secs(90),
+            pool_idle: Duration::from_secs(4),
         }
     }
 }

@@ -8,9 +8,15 @@ use clap::{Parser, Subcommand};
 
 /// jemalloc with background purging: memory freed after a burst of streams goes back to
 /// the system instead of staying in the allocator's arenas.
-#[cfg(all(unix, not(target_env = "msvc")))]
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (read before `main`): pages freed after a burst go back to the system
+/// within about a second, from jemalloc's background thread rather than the request path.
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 use weir::config::{BackendConfig, Config};
 
 #[derive(Parser, Debug)]

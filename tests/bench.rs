@@ -22,6 +22,7 @@ fn args(url: String) -> BenchArgs {
         requests: Some(24),
         duration: Duration::from_secs(30),
         warmup: Duration::ZERO,
+        ramp_up: Duration::ZERO,
         headers: vec![],
         slo: None,
         json: None,
@@ -88,6 +89,69 @@ async fn through_the_gateway_the_numbers_agree_with_its_metrics() {
         &[CHAT[0], ("gen_ai_token_type", "output")],
     );
     assert_eq!(tokens, r.output_tokens as f64);
+}
+
+#[tokio::test]
+async fn warm_up_requests_are_sent_without_a_pause_and_not_counted() {
+    let sim = start_sim(SimConfig {
+        ttft: Duration::from_millis(20),
+        itl: Duration::from_millis(10),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut a = args(format!("http://{sim}"));
+    a.requests = None;
+    a.max_tokens = 4;
+    a.warmup = Duration::from_millis(600);
+    a.duration = Duration::from_millis(400);
+    let r = run_load(&a, Load::Closed(4)).await.unwrap();
+    let served = common::prom::value(&scrape(sim).await, "vllm:request_success_total", &[]);
+    assert_eq!(r.errors, 0);
+    assert!(r.requests > 0);
+    // Each request takes about 50 ms: the warm-up's requests reached the simulator too,
+    // but the report counts only those started in the measured 400 ms.
+    assert!(
+        served >= r.requests as f64 * 1.8,
+        "simulator served {served}, report counts {}",
+        r.requests
+    );
+    assert!(
+        (r.duration_s - 0.4).abs() < 0.2,
+        "measured for {} s",
+        r.duration_s
+    );
+}
+
+#[tokio::test]
+async fn clients_start_spread_over_the_ramp() {
+    let sim = start_sim(SimConfig {
+        ttft: Duration::from_millis(20),
+        itl: Duration::from_millis(10),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut a = args(format!("http://{sim}"));
+    a.requests = None;
+    a.max_tokens = 4;
+    a.duration = Duration::from_millis(500);
+    // Four clients over 4 s: the second would start at 1 s, after the run, so only the
+    // first sends, one request at a time.
+    a.ramp_up = Duration::from_secs(4);
+    let r = run_load(&a, Load::Closed(4)).await.unwrap();
+    assert_eq!(r.errors, 0);
+    assert!(r.requests > 0);
+    let busy = r.requests as f64 * r.e2e.mean;
+    assert!(
+        busy <= r.duration_s + 0.01,
+        "{} requests of {} s each overlapped in {} s",
+        r.requests,
+        r.e2e.mean,
+        r.duration_s
+    );
+    // Without the ramp the four run side by side.
+    a.ramp_up = Duration::ZERO;
+    let r = run_load(&a, Load::Closed(4)).await.unwrap();
+    assert!(r.requests as f64 * r.e2e.mean > 2.0 * r.duration_s);
 }
 
 #[tokio::test]
