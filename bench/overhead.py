@@ -157,17 +157,21 @@ def run_bench(url, level, args, tmp):
            "--max-tokens", str(args.max_tokens), "--prompt-tokens", "64",
            "--header", f"x-sim-itl-ms:{itl_ms:.3f}", "--json", out]
     p = start(cmd, 0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return p, out
+    return p, out, warmup
 
 
 def measure(name, url, pid, level, args, tmp):
-    cpu0 = cpu_seconds(pid) if pid else 0.0
-    p, out = run_bench(url, level, args, tmp)
-    peak = 0
+    p, out, warmup = run_bench(url, level, args, tmp)
+    # CPU and RSS over the measured part only (the warm-up's requests are not counted).
+    measured_from = time.time() + warmup
+    cpu0, peak = None, 0
     while p.poll() is None:
-        if pid:
+        if pid and cpu0 is None and time.time() >= measured_from:
+            cpu0 = cpu_seconds(pid)
+        if pid and cpu0 is not None:
             peak = max(peak, rss_bytes(pid))
         time.sleep(0.2)
+    cpu0 = cpu0 if cpu0 is not None else (cpu_seconds(pid) if pid else 0.0)
     if p.returncode != 0:
         sys.exit(f"weir bench failed against {name}")
     cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
@@ -323,7 +327,7 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
         "nginx (`proxy_buffering off`, keepalive upstream, one worker) — in rounds, in shuffled order. "
         "The load generator and the simulator are pinned to core 0, the proxy under test to core 1 "
         "(`taskset`). Every figure is the median over the rounds; *added* latencies are the proxy's "
-        "percentile minus the direct run's. CPU is the proxy's user+system time from /proc over the run; "
+        "percentile minus the direct run's. CPU is the proxy's user+system time from /proc over the measured part; "
         "tokens per core-second is its reciprocal per token (the token rate the proxy could sustain "
         "with one core to itself). Both proxies write an access log. RSS per stream is the peak RSS at "
         "the top level minus the idle footprint, over the streams; the idle footprint is the RSS after "
@@ -378,6 +382,15 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
     for name, measured, ok in targets:
         lines.append(f"| {name} | {measured} | {verdict(ok)} |")
     lines.append("")
+    # Hand-written notes below the marker survive a new run.
+    marker = "<!-- notes: kept by bench/overhead.py -->"
+    try:
+        with open(args.out) as f:
+            old = f.read()
+        if marker in old:
+            lines += [marker + old.split(marker, 1)[1]]
+    except OSError:
+        pass
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
