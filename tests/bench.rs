@@ -91,8 +91,8 @@ async fn through_the_gateway_the_numbers_agree_with_its_metrics() {
     assert_eq!(tokens, r.output_tokens as f64);
 }
 
-#[tokio::test]
-async fn warm_up_requests_are_sent_without_a_pause_and_not_counted() {
+/// A simulator answering in about 50 ms, and a time-bounded load of short requests for it.
+async fn short_requests() -> (std::net::SocketAddr, BenchArgs) {
     let sim = start_sim(SimConfig {
         ttft: Duration::from_millis(20),
         itl: Duration::from_millis(10),
@@ -102,6 +102,12 @@ async fn warm_up_requests_are_sent_without_a_pause_and_not_counted() {
     let mut a = args(format!("http://{sim}"));
     a.requests = None;
     a.max_tokens = 4;
+    (sim, a)
+}
+
+#[tokio::test]
+async fn warm_up_requests_are_sent_without_a_pause_and_not_counted() {
+    let (sim, mut a) = short_requests().await;
     a.warmup = Duration::from_millis(600);
     a.duration = Duration::from_millis(400);
     let r = run_load(&a, Load::Closed(4)).await.unwrap();
@@ -124,15 +130,7 @@ async fn warm_up_requests_are_sent_without_a_pause_and_not_counted() {
 
 #[tokio::test]
 async fn clients_start_spread_over_the_ramp() {
-    let sim = start_sim(SimConfig {
-        ttft: Duration::from_millis(20),
-        itl: Duration::from_millis(10),
-        ..SimConfig::fast()
-    })
-    .await;
-    let mut a = args(format!("http://{sim}"));
-    a.requests = None;
-    a.max_tokens = 4;
+    let (_sim, mut a) = short_requests().await;
     a.duration = Duration::from_millis(500);
     // Four clients over 4 s: the second would start at 1 s, after the run, so only the
     // first sends, one request at a time.
