@@ -200,7 +200,7 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
         Load::Poisson(rate) => {
             let mut tasks = Vec::new();
             let mut next = Instant::now();
-            loop {
+            while next < deadline {
                 tokio::time::sleep_until(next).await;
                 let Some(counted) = admit(&budget) else {
                     break;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weir::config::{BackendConfig, Config};
 
 /// jemalloc with background purging: memory freed after a burst of streams goes back to
 /// the system instead of staying in the allocator's arenas.
@@ -17,7 +18,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-use weir::config::{BackendConfig, Config};
 
 #[derive(Parser, Debug)]
 #[command(
