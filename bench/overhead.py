@@ -19,7 +19,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, wait_port  # noqa: E402
+from procs import free_port, stop_all, wait_port  # noqa: E402
 WEIR = os.path.join(ROOT, "target", "release", "weir")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -271,13 +270,7 @@ def main():
         settled_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
         write_report(args, levels, results, overhead, idle_rss, settled_rss)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

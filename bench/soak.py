@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, wait_port  # noqa: E402
+from procs import free_port, stop_all, wait_port  # noqa: E402
 WEIR = os.path.join(ROOT, "target", "release", "weir")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -188,13 +187,7 @@ passive_failures = 0
         sys.exit(0 if ok else 1)
     finally:
         stop.set()
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 15)
 
 
 if __name__ == "__main__":
