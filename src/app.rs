@@ -35,9 +35,10 @@ use crate::inspect::{Inspected, inspect};
 use crate::metrics::{ErrorKind, Metrics, Operation};
 use crate::observe::{Exchange, Measurement, ObservedBody, Outcome, record};
 use crate::telemetry::Telemetry;
+use crate::upstream::UpstreamIncoming;
 
 /// What the client receives: an observed upstream body, or the gateway's own answer.
-pub type ResponseBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
+pub type ResponseBody = Either<ObservedBody<UpstreamIncoming>, Full<Bytes>>;
 
 /// The whole stack, type-erased once.
 pub type AppService =
@@ -318,7 +319,7 @@ async fn call_upstream(
     mut parts: http::request::Parts,
     body: UpBody,
     ex: &mut Exchange,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<UpstreamIncoming>, Failure> {
     let pool = state.pool();
     let metrics = &state.metrics;
     let path = parts
@@ -394,7 +395,7 @@ async fn call_upstream(
         } else {
             (total_at, "total")
         };
-        let result = tokio::time::timeout_at(deadline, backend.client.request(req)).await;
+        let result = tokio::time::timeout_at(deadline, backend.upstream.request(req)).await;
         let health = &config.health;
         let err = match result {
             Err(_) => {
@@ -434,7 +435,7 @@ async fn call_upstream(
             ));
         }
         health::passive(&backend, health, Some("connect"), metrics);
-        let timed_out = is_timeout(&err);
+        let timed_out = err.is_timeout();
         if !last_try {
             metrics.error(ErrorKind::Connect);
             metrics.retry("connect");
@@ -457,19 +458,6 @@ async fn call_upstream(
             )
         });
     }
-}
-
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

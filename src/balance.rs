@@ -10,8 +10,8 @@ use http::uri::{Authority, Scheme};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, Config, Strategy, Timeouts};
-use crate::forward::{self, UpstreamClient};
 use crate::metrics::Metrics;
+use crate::upstream::Upstream;
 
 /// One backend: its address, client, load and health.
 pub struct Backend {
@@ -25,7 +25,7 @@ pub struct Backend {
     pub max_concurrency: usize,
     pub timeouts: Timeouts,
     /// This backend's own connection pool.
-    pub client: UpstreamClient,
+    pub upstream: Upstream,
     /// `Authorization` for this backend, from its `api_key_env`.
     pub api_key: Option<http::HeaderValue>,
     /// Models served: configured, or discovered from `/v1/models` (None: not known yet).
@@ -79,11 +79,16 @@ impl Backend {
             name: cfg.name.as_str().into(),
             url: cfg.url.clone(),
             scheme: parts.scheme?,
+            upstream: Upstream::new(
+                parts.authority.as_ref()?,
+                timeouts.connect,
+                timeouts.pool_idle,
+            ),
             authority: parts.authority?,
             prefix,
             weight: cfg.weight.max(1),
             max_concurrency: cfg.max_concurrency,
-            client: forward::client(timeouts.connect, timeouts.pool_idle),
+
             api_key: cfg.api_key_env.as_deref().and_then(api_key),
             timeouts,
             models_configured: models.is_some(),

@@ -1,38 +1,19 @@
-//! Forwarding: the pooled upstream client and header hygiene on the way out and back
+//! Forwarding: header hygiene on the way out and back
 //! (hop-by-hop headers dropped, `x-forwarded-*` set; `traceparent` per attempt, in `trace`).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// The body sent upstream: the inspected bytes, or the client's body streamed through.
 pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
 
-/// The pooled client to every backend.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
 /// The address of the client on the other end of the connection (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-/// Builds the upstream client: HTTP/1.1, keep-alive pool, TCP_NODELAY, connect timeout.
-pub fn client(connect_timeout: Duration, pool_idle: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(pool_idle)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,

@@ -54,7 +54,7 @@ async fn get(
         .body(Either::Left(Full::new(Bytes::new())))
         .map_err(|_| "protocol")?;
     let fetch = async {
-        let res = b.client.request(req).await.map_err(|e| {
+        let res = b.upstream.request(req).await.map_err(|e| {
             if e.is_connect() {
                 "connect"
             } else {

@@ -10,10 +10,11 @@
 //!        ──► route     (model → the backends serving it; unknown model → 404)  balance.rs
 //!        ──► balance   (P2C on outstanding requests, queue-aware or weighted
 //!                       round-robin; active + passive health)                  balance.rs, health.rs
-//!        ──► forward   (pooled hyper-util client, hop-by-hop hygiene,
+//!        ──► forward   (pooled HTTP/1.1 connections, each driven by the task
+//!                       of the request using it; hop-by-hop hygiene,
 //!                       x-forwarded-*, CLIENT span + traceparent, one retry
 //!                       before the first byte, connect/first-token/idle/total
-//!                       timeouts)                                              forward.rs, app.rs
+//!                       timeouts)                          forward.rs, upstream.rs, app.rs
 //!        ◄── observe   (body wrapper parsing SSE as it passes: TTFT, ITL,
 //!                       usage, outcome; finishes exactly once)                 observe/
 //!        ◄── metrics · access log · spans end                                 metrics.rs, observe.rs, trace.rs
@@ -43,3 +44,4 @@ pub mod sim;
 pub mod slo;
 pub mod telemetry;
 pub mod trace;
+pub mod upstream;

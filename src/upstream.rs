@@ -1,0 +1,462 @@
+//! The connection pool to one backend, HTTP/1.1 with keep-alive.
+//!
+//! A backend connection is driven by the task of the request that uses it: the response body
+//! polls the connection before it polls itself, so a token read from the backend is written to
+//! the client in the same task wake-up. (A client that spawns a task per connection hands
+//! every chunk across a channel to the client's task: two wake-ups per token.) The connection
+//! and its body channel are polled with a [`Relay`] waker, so that the wake-ups they give each
+//! other inside that one poll do not schedule the task again, and is driven only when it
+//! was woken. An idle connection is not
+//! polled at all; it is checked for a close from the backend when it is taken out of the
+//! pool, and closed after `idle_timeout`.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Wake;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::forward::UpstreamBody;
+
+type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
+
+/// One HTTP/1.1 connection to the backend: the sending half and the connection state.
+struct Conn {
+    send: http1::SendRequest<UpstreamBody>,
+    conn: Connection,
+    /// The connection future has finished (closed or failed): never to be reused.
+    done: bool,
+    relay: Arc<Relay>,
+    /// `relay` as a waker.
+    waker: Waker,
+}
+
+/// The waker the backend connection is polled with. It notes that the connection has
+/// something to do (its socket is ready, its body channel has room again); a wake-up while
+/// [`Conn::poll_with`] is at work only makes that poll go round once more, one at any other
+/// time also wakes the task that polled last.
+struct Relay {
+    target: Mutex<Option<Waker>>,
+    polling: AtomicBool,
+    /// Woken since the connection was last polled.
+    woken: AtomicBool,
+}
+
+impl Relay {
+    fn new() -> Self {
+        Relay {
+            target: Mutex::new(None),
+            polling: AtomicBool::new(false),
+            woken: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Noted first: a poll that has just ended sees it, or this sees `polling` false.
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            if let Ok(target) = self.target.lock() {
+                if let Some(w) = target.as_ref() {
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
+}
+
+/// Rounds of one poll before a wake-up is passed on to the task instead.
+const MAX_ROUNDS: usize = 4;
+
+impl Conn {
+    /// Advances the connection's state machine; false once it has closed.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
+            self.done = true;
+        }
+        !self.done
+    }
+
+    /// Polls `f`, which reads what the connection delivers (the response, its body), after
+    /// driving the connection if it was woken since last time. `f` gets no waker: only the
+    /// connection, driven here, can make it ready.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if let Ok(mut target) = self.relay.target.lock() {
+            if !target.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *target = Some(cx.waker().clone());
+            }
+        }
+        let waker = self.waker.clone();
+        let mut rcx = Context::from_waker(&waker);
+        let mut quiet = Context::from_waker(Waker::noop());
+        for _ in 0..MAX_ROUNDS {
+            self.relay.polling.store(true, Ordering::SeqCst);
+            if self.relay.woken.swap(false, Ordering::SeqCst) {
+                self.drive(&mut rcx);
+            }
+            let polled = f(&mut quiet);
+            self.relay.polling.store(false, Ordering::SeqCst);
+            // Ready: whoever gets it polls again for more, and the connection is driven then.
+            if polled.is_ready() || !self.relay.woken.load(Ordering::SeqCst) {
+                return polled;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Polled once without a waker: true if it can take a request now.
+    fn usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx) && self.send.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+struct Inner {
+    host: String,
+    port: u16,
+    authority: HeaderValue,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    reaper: AtomicBool,
+}
+
+/// The pool of connections to one backend.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    Connect(io::Error),
+    /// Connected, but the exchange failed.
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Connect(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect(_) => f.write_str("tcp connect error"),
+            UpstreamError::Http(_) => f.write_str("http error"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect(e) => Some(e),
+            UpstreamError::Http(e) => Some(e),
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(authority: &Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Upstream {
+            inner: Arc::new(Inner {
+                host: host.to_string(),
+                port: authority.port_u16().unwrap_or(80),
+                authority: HeaderValue::from_str(authority.as_str())
+                    .unwrap_or(HeaderValue::from_static("localhost")),
+                connect_timeout,
+                idle_timeout,
+                idle: Mutex::new(Vec::new()),
+                reaper: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Connections open and idle.
+    pub fn idle(&self) -> usize {
+        self.inner.idle.lock().map_or(0, |v| v.len())
+    }
+
+    /// Sends a request (absolute or origin-form URI; `Host` is set when missing) on an idle
+    /// connection or a new one, and waits for the response head.
+    pub async fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        origin_form(req.uri_mut());
+        if !req.headers().contains_key(header::HOST) {
+            let host = self.inner.authority.clone();
+            req.headers_mut().insert(header::HOST, host);
+        }
+        loop {
+            let (mut conn, reused) = match self.inner.checkout() {
+                Some(c) => (c, true),
+                None => (self.inner.connect().await?, false),
+            };
+            // A pooled connection the backend closed just now (its keep-alive timeout) is
+            // only found out by sending on it; the request goes again on another.
+            let replay = if reused { replay_copy(&req) } else { None };
+            let mut sending = std::pin::pin!(conn.send.try_send_request(req));
+            let sent =
+                std::future::poll_fn(|cx| conn.poll_with(cx, |rcx| sending.as_mut().poll(rcx)))
+                    .await;
+            match sent {
+                Ok(res) => {
+                    let pool = Arc::downgrade(&self.inner);
+                    return Ok(res.map(|body| UpstreamIncoming {
+                        body,
+                        conn: Some(conn),
+                        pool,
+                        ended: false,
+                    }));
+                }
+                Err(mut e) => {
+                    if let Some(r) = e.take_message().filter(|_| reused) {
+                        req = r;
+                        continue;
+                    }
+                    let err = e.into_error();
+                    match replay {
+                        Some(r) if closed_by_peer(&err) => {
+                            tracing::debug!(error = %err, "pooled connection closed by the backend: sending again");
+                            req = r;
+                        }
+                        _ => return Err(UpstreamError::Http(err)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a request whose body is in memory, to send it again.
+fn replay_copy(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let Either::Left(body) = req.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Either::Left(body.clone()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The connection ended (EOF or reset) before a response came.
+fn closed_by_peer(err: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// `http://host/path?q` → `/path?q`.
+fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or(PathAndQuery::from_static("/"));
+        *uri = Uri::from(pq);
+    }
+}
+
+impl Inner {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<Conn> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            let mut conn = idle.conn;
+            if idle.since.elapsed() < self.idle_timeout && conn.usable() {
+                conn.relay.woken.store(true, Ordering::SeqCst);
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            .and_then(|r| r)
+            .map_err(UpstreamError::Connect)?;
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        let relay = Arc::new(Relay::new());
+        Ok(Conn {
+            send,
+            conn,
+            done: false,
+            waker: Waker::from(relay.clone()),
+            relay,
+        })
+    }
+
+    fn checkin(self: &Arc<Self>, conn: Conn) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        drop(idle);
+        if !self.reaper.load(Ordering::Relaxed) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                if !self.reaper.swap(true, Ordering::Relaxed) {
+                    rt.spawn(reap(Arc::downgrade(self)));
+                }
+            }
+        }
+    }
+}
+
+/// Closes connections idle for longer than the idle timeout, until the pool is gone.
+async fn reap(pool: Weak<Inner>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(p) = pool.upgrade() else { return };
+        let expired: Vec<Idle> = match p.idle.lock() {
+            Ok(mut idle) => {
+                let keep = idle
+                    .iter()
+                    .position(|i| i.since.elapsed() < p.idle_timeout)
+                    .unwrap_or(idle.len());
+                idle.drain(..keep).collect()
+            }
+            Err(_) => return,
+        };
+        // Closed outside the lock.
+        drop(expired);
+    }
+}
+
+/// A backend's response body. Polling it drives the backend connection; at its end the
+/// connection goes back to the pool if it can carry another request.
+pub struct UpstreamIncoming {
+    body: Incoming,
+    conn: Option<Conn>,
+    pool: Weak<Inner>,
+    ended: bool,
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let body = &mut this.body;
+        let frame = ready!(match this.conn.as_mut() {
+            Some(conn) => conn.poll_with(cx, |rcx| Pin::new(&mut *body).poll_frame(rcx)),
+            None => Pin::new(body).poll_frame(cx),
+        });
+        match &frame {
+            None => this.ended = true,
+            Some(Ok(_)) => this.ended = this.body.is_end_stream(),
+            Some(Err(_)) => this.conn = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamIncoming {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: it closes.
+        let Some(mut conn) = self.conn.take().filter(|_| self.ended) else {
+            return;
+        };
+        if conn.usable() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.checkin(conn);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamIncoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamIncoming")
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
