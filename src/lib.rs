@@ -33,6 +33,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fds;
 pub mod forward;
 pub mod gateway;
 pub mod health;

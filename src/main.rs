@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Sim(sim)) => {
             weir::telemetry::init_logging("info");
+            prepare_fds(None);
             run(async move {
                 let listener = tokio::net::TcpListener::bind(sim.listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, model = %sim.model, "simulator serving");
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Bench(args)) => {
             weir::telemetry::init_logging("warn");
+            prepare_fds(None);
             run(weir::bench::run(args))
         }
         Some(Command::Demo(args)) => {
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
                 }
             };
             weir::telemetry::init_logging("info");
+            prepare_fds(weir::fds::for_gateway(config.limits.max_connections));
             run(async move {
                 let gw = weir::gateway::start(config).await?;
                 serve_until_stopped(&gw, &args).await;
@@ -173,6 +176,28 @@ fn apply_flags(args: &GatewayArgs, config: &mut Config) {
         config.backends = args.backends.iter().map(BackendConfig::new).collect();
     }
     config.models.extend(args.models.iter().cloned());
+}
+
+/// Raises the open-file limit and sizes the descriptor table before any connection.
+fn prepare_fds(wanted: Option<u64>) {
+    match weir::fds::prepare(wanted) {
+        Ok(p) => {
+            tracing::debug!(
+                limit = p.soft,
+                was = p.soft_before,
+                table = p.table,
+                "file descriptors"
+            );
+            if let Some(w) = wanted.filter(|&w| w > p.soft) {
+                tracing::warn!(
+                    limit = p.soft,
+                    wanted = w,
+                    "the open-file limit allows fewer connections than limits.max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {

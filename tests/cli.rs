@@ -205,3 +205,44 @@ async fn sighup_reloads_the_config_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_gateway_raises_its_open_file_limit_and_sizes_its_descriptor_table() {
+    let sim = start_sim(SimConfig::fast()).await;
+    // Started with a soft limit of 256 under a hard one of 8192.
+    let mut child = Child(
+        Command::new("prlimit")
+            .args(["--nofile=256:8192", WEIR])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--model",
+                "tiny-llama",
+                "--backend",
+                &format!("http://{sim}"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("prlimit (util-linux) runs weir"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    line_where(&mut rx, "message", "weir is serving").await;
+    let pid = child.0.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["8192", "8192"], "{open_files}");
+    // Room for max_connections (10,000 by default) clients and their backend connections,
+    // within the limit: the table does not have to grow while connections come in.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let fd_size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(fd_size >= 8192, "FDSize {fd_size}");
+}
