@@ -355,6 +355,10 @@ impl Inner {
     }
 
     fn checkin(self: &Arc<Self>, conn: Conn) {
+        // The task that used it is done: its waker would keep its memory.
+        if let Ok(mut target) = conn.relay.target.lock() {
+            *target = None;
+        }
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
