@@ -394,7 +394,13 @@ async fn reap(pool: Weak<Inner>) {
                     .iter()
                     .position(|i| i.since.elapsed() < p.idle_timeout)
                     .unwrap_or(idle.len());
-                idle.drain(..keep).collect()
+                let expired = idle.drain(..keep).collect();
+                // A burst's worth of slots (each the size of a connection's state) goes too.
+                let left = idle.len();
+                if idle.capacity() > 64 && left < idle.capacity() / 4 {
+                    idle.shrink_to(left * 2);
+                }
+                expired
             }
             Err(_) => return,
         };
