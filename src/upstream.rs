@@ -20,6 +20,7 @@ use std::task::Wake;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -52,7 +53,7 @@ struct Conn {
 /// [`Conn::poll_with`] is at work only makes that poll go round once more, one at any other
 /// time also wakes the task that polled last.
 struct Relay {
-    target: Mutex<Option<Waker>>,
+    target: AtomicWaker,
     polling: AtomicBool,
     /// Woken since the connection was last polled.
     woken: AtomicBool,
@@ -61,7 +62,7 @@ struct Relay {
 impl Relay {
     fn new() -> Self {
         Relay {
-            target: Mutex::new(None),
+            target: AtomicWaker::new(),
             polling: AtomicBool::new(false),
             woken: AtomicBool::new(true),
         }
@@ -77,11 +78,7 @@ impl Wake for Relay {
         // Noted first: a poll that has just ended sees it, or this sees `polling` false.
         self.woken.store(true, Ordering::SeqCst);
         if !self.polling.load(Ordering::SeqCst) {
-            if let Ok(target) = self.target.lock() {
-                if let Some(w) = target.as_ref() {
-                    w.wake_by_ref();
-                }
-            }
+            self.target.wake();
         }
     }
 }
@@ -106,11 +103,7 @@ impl Conn {
         cx: &mut Context<'_>,
         mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        if let Ok(mut target) = self.relay.target.lock() {
-            if !target.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *target = Some(cx.waker().clone());
-            }
-        }
+        self.relay.target.register(cx.waker());
         let waker = self.waker.clone();
         let mut rcx = Context::from_waker(&waker);
         let mut quiet = Context::from_waker(Waker::noop());
@@ -356,9 +349,7 @@ impl Inner {
 
     fn checkin(self: &Arc<Self>, conn: Conn) {
         // The task that used it is done: its waker would keep its memory.
-        if let Ok(mut target) = conn.relay.target.lock() {
-            *target = None;
-        }
+        drop(conn.relay.target.take());
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
