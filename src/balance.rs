@@ -13,7 +13,7 @@ use crate::config::{BackendConfig, Config, Strategy, Timeouts};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
-/// One backend: its address, client, load and health.
+/// One backend: its address, connection pool, load and health.
 pub struct Backend {
     pub name: Arc<str>,
     pub url: String,
@@ -88,7 +88,6 @@ impl Backend {
             prefix,
             weight: cfg.weight.max(1),
             max_concurrency: cfg.max_concurrency,
-
             api_key: cfg.api_key_env.as_deref().and_then(api_key),
             timeouts,
             models_configured: models.is_some(),

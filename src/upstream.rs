@@ -87,14 +87,6 @@ impl Wake for Relay {
 const MAX_ROUNDS: usize = 4;
 
 impl Conn {
-    /// Advances the connection's state machine; false once it has closed.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
-            self.done = true;
-        }
-        !self.done
-    }
-
     /// Polls `f`, which reads what the connection delivers (the response, its body), after
     /// driving the connection if it was woken since last time. `f` gets no waker: only the
     /// connection, driven here, can make it ready.
@@ -103,19 +95,25 @@ impl Conn {
         cx: &mut Context<'_>,
         mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        self.relay.target.register(cx.waker());
-        let waker = self.waker.clone();
-        let mut rcx = Context::from_waker(&waker);
+        let Conn {
+            conn,
+            done,
+            relay,
+            waker,
+            ..
+        } = self;
+        relay.target.register(cx.waker());
+        let mut rcx = Context::from_waker(waker);
         let mut quiet = Context::from_waker(Waker::noop());
         for _ in 0..MAX_ROUNDS {
-            self.relay.polling.store(true, Ordering::SeqCst);
-            if self.relay.woken.swap(false, Ordering::SeqCst) {
-                self.drive(&mut rcx);
+            relay.polling.store(true, Ordering::SeqCst);
+            if relay.woken.swap(false, Ordering::SeqCst) {
+                drive(conn, done, &mut rcx);
             }
             let polled = f(&mut quiet);
-            self.relay.polling.store(false, Ordering::SeqCst);
+            relay.polling.store(false, Ordering::SeqCst);
             // Ready: whoever gets it polls again for more, and the connection is driven then.
-            if polled.is_ready() || !self.relay.woken.load(Ordering::SeqCst) {
+            if polled.is_ready() || !relay.woken.load(Ordering::SeqCst) {
                 return polled;
             }
         }
@@ -126,8 +124,16 @@ impl Conn {
     /// Polled once without a waker: true if it can take a request now.
     fn usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        self.drive(&mut cx) && self.send.is_ready()
+        drive(&mut self.conn, &mut self.done, &mut cx) && self.send.is_ready()
     }
+}
+
+/// Advances a connection's state machine unless it has finished; false once it has.
+fn drive(conn: &mut Connection, done: &mut bool, cx: &mut Context<'_>) -> bool {
+    if !*done && Pin::new(conn).poll(cx).is_ready() {
+        *done = true;
+    }
+    !*done
 }
 
 struct Idle {
