@@ -4,11 +4,10 @@
 //! polls the connection before it polls itself, so a token read from the backend is written to
 //! the client in the same task wake-up. (A client that spawns a task per connection hands
 //! every chunk across a channel to the client's task: two wake-ups per token.) The connection
-//! and its body channel are polled with a [`Relay`] waker, so that the wake-ups they give each
-//! other inside that one poll do not schedule the task again, and is driven only when it
-//! was woken. An idle connection is not
-//! polled at all; it is checked for a close from the backend when it is taken out of the
-//! pool, and closed after `idle_timeout`.
+//! is polled with a [`Relay`] waker and only when that was woken; the wake-ups the connection
+//! and its body channel give each other inside one poll do not schedule the task again.
+//! An idle connection is not polled at all: it is checked for a close from the backend when
+//! it is taken out of the pool, and closed after `idle_timeout`.
 
 use std::fmt;
 use std::future::Future;
