@@ -4,7 +4,7 @@
 //! polls the connection before it polls itself, so a token read from the backend is written to
 //! the client in the same task wake-up. (A client that spawns a task per connection hands
 //! every chunk across a channel to the client's task: two wake-ups per token.) The connection
-//! is polled with a [`Relay`] waker and only when that was woken; the wake-ups the connection
+//! is polled with a `Relay` waker and only when that was woken; the wake-ups the connection
 //! and its body channel give each other inside one poll do not schedule the task again.
 //! An idle connection is not polled at all: it is checked for a close from the backend when
 //! it is taken out of the pool, and closed after `idle_timeout`.
