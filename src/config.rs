@@ -196,7 +196,8 @@ impl Timeouts {
 pub struct Limits {
     /// Largest request body accepted on the measured endpoints (bytes); larger gets 413.
     pub max_request_body: usize,
-    /// A client must send its request head within this long (slow-loris).
+    /// A client must send its request head within this long, and a new connection its
+    /// first bytes (slow-loris).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Open client connections; more get a 503 and are closed (0: no limit).

@@ -1,5 +1,12 @@
-//! The server: accepts connections on an already-bound listener and serves HTTP/1.1 and h2c
-//! (hyper-util's auto builder), with graceful shutdown bounded by a deadline.
+//! The server: accepts connections on an already-bound listener and serves HTTP/1.1 and h2c,
+//! with graceful shutdown bounded by a deadline.
+//!
+//! Which of the two a connection speaks is told by looking at its first bytes without
+//! reading them (`MSG_PEEK`). hyper-util's auto builder reads them instead and gives HTTP/1
+//! the first 24 bytes apart from the rest, and hyper then doubles the connection's read
+//! buffer to 16 KiB to read the rest of the head, for the life of the connection: 8 KiB of
+//! resident memory per client connection. The auto builder still serves the rare client
+//! whose first packet holds only part of the h2c preface.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,8 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tower::{Service, ServiceExt};
 
 use crate::forward::ClientAddr;
@@ -24,7 +31,8 @@ use crate::forward::ClientAddr;
 pub struct Options {
     /// After shutdown is asked, open requests may run on this long.
     pub grace: Duration,
-    /// A request head must arrive within this long (HTTP/1).
+    /// A new connection's first bytes, and each HTTP/1 request head, must arrive within this
+    /// long.
     pub header_read_timeout: Option<Duration>,
     /// Open connections at most; a connection over it gets a 503 and is closed.
     pub max_connections: Option<usize>,
@@ -57,8 +65,16 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(t);
     }
+    let builders = Arc::new(Builders {
+        h1: builder.clone().http1_only(),
+        h2: builder.clone().http2_only(),
+        auto: builder,
+    });
+    let header_read_timeout = opts.header_read_timeout;
     let slots = opts.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     let graceful = GracefulShutdown::new();
+    // Connections not yet handed to hyper (their first bytes not seen) end on shutdown.
+    let (stopping, stop) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -82,7 +98,7 @@ where
                     if let Some(c) = &opts.rejected {
                         c.inc();
                     }
-                    tokio::spawn(refuse(builder.clone(), stream));
+                    tokio::spawn(refuse(builders.auto.clone(), stream));
                     continue;
                 }
             },
@@ -93,16 +109,37 @@ where
                 req.extensions_mut().insert(ClientAddr(peer));
                 req
             });
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn.into_owned());
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let sniffed = async {
+                match header_read_timeout {
+                    Some(t) => tokio::time::timeout(t, sniff(&stream)).await.ok(),
+                    None => Some(sniff(&stream).await),
+                }
+            };
+            let proto = tokio::select! {
+                p = sniffed => p,
+                _ = stop.wait_for(|&s| s) => None,
+            };
+            // Nothing sent in time, or shutting down: close.
+            let Some(proto) = proto else { return };
+            let builder = match proto {
+                Proto::Http1 => &builders.h1,
+                Proto::H2c => &builders.h2,
+                Proto::Unsure => &builders.auto,
+            };
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     if tokio::time::timeout(opts.grace, graceful.shutdown())
         .await
         .is_err()
@@ -110,6 +147,34 @@ where
         tracing::warn!(grace = ?opts.grace, "shutdown deadline passed with requests still open");
     }
     Ok(())
+}
+
+/// One builder per way a connection can start.
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Proto {
+    Http1,
+    H2c,
+    /// End of stream, an error, or the start of the h2c preface only: the auto builder reads
+    /// the connection's first bytes and decides.
+    Unsure,
+}
+
+const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells HTTP/1 from h2c by the first bytes the client sent, leaving them in the socket.
+async fn sniff(stream: &TcpStream) -> Proto {
+    let mut buf = [0u8; H2C_PREFACE.len()];
+    match stream.peek(&mut buf).await {
+        Ok(n) if n == buf.len() && buf == *H2C_PREFACE => Proto::H2c,
+        Ok(n) if n > 0 && buf[..n] != H2C_PREFACE[..n] => Proto::Http1,
+        _ => Proto::Unsure,
+    }
 }
 
 /// Answers every request on an over-limit connection with a 503, then closes it.
@@ -139,4 +204,46 @@ async fn refuse(builder: auto::Builder<TokioExecutor>, stream: tokio::net::TcpSt
     });
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// The server's view of a connection after the client wrote `first` (and closed, if asked).
+    async fn sniffed(first: &[u8], close: bool) -> Proto {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(first).await.unwrap();
+        if close {
+            client.shutdown().await.unwrap();
+        }
+        let proto = sniff(&server).await;
+        // Nothing was read: the bytes are all still there for hyper.
+        let mut buf = vec![0u8; first.len() + 1];
+        let n = server.peek(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], first);
+        proto
+    }
+
+    #[tokio::test]
+    async fn tells_http1_from_h2c_without_reading() {
+        let get = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert_eq!(sniffed(get, false).await, Proto::Http1);
+        // Shorter than the preface, and differs from it.
+        assert_eq!(
+            sniffed(b"GET / HTTP/1.1\r\n\r\n", false).await,
+            Proto::Http1
+        );
+        let mut h2 = H2C_PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(sniffed(&h2, false).await, Proto::H2c);
+        // Part of the preface only, or nothing at all: hyper-util's auto builder decides.
+        assert_eq!(sniffed(&H2C_PREFACE[..10], false).await, Proto::Unsure);
+        assert_eq!(sniffed(b"", true).await, Proto::Unsure);
+    }
 }

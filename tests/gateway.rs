@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
+
 use common::prom::{quantile, sum, value};
 use common::*;
 use http::StatusCode;
@@ -481,6 +483,27 @@ async fn shutdown_lets_an_open_stream_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_connection_that_sent_nothing() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let gw = start_gateway(&[sim]).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The gateway has the connection (it counts toward nothing else, so a served request on
+    // another connection shows that the accept loop has gone past it).
+    let (status, _) = get_text(gw.addr, "/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    // The grace period is 30 s: a connection still waiting for its first bytes must not
+    // hold the shutdown that long.
+    tokio::time::timeout(Duration::from_secs(5), gw.shutdown())
+        .await
+        .expect("shut down without waiting out the grace period");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is closed");
+    assert_eq!(n.unwrap_or(0), 0);
 }
 
 #[tokio::test]

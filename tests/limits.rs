@@ -196,6 +196,22 @@ async fn a_slow_loris_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_off() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.limits.header_read_timeout = Duration::from_millis(300);
+    let gw = gateway::start(c).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(n.unwrap_or(0), 0, "closed without an answer");
+}
+
+#[tokio::test]
 async fn connections_and_requests_over_the_limits_get_503() {
     let sim = start_sim(SimConfig {
         itl: Duration::from_millis(50),
