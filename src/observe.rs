@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod sse;
+mod strip;
 
 use std::sync::Arc;
 use std::time::Duration;
