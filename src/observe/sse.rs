@@ -361,7 +361,9 @@ pub fn classify(data: &[u8]) -> EventInfo<'_> {
             ..EventInfo::default()
         };
     }
-    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+    // One UTF-8 check of the whole event, then a parse that need not check each string.
+    let parsed = std::str::from_utf8(data).map(serde_json::from_str::<Chunk<'_>>);
+    let Ok(Ok(chunk)) = parsed else {
         return EventInfo {
             invalid: true,
             ..EventInfo::default()
@@ -467,5 +469,11 @@ mod tests {
         assert!(classify(b"{\"x\":1}").invalid);
         let escaped = br#"{"choices":[{"index":0,"delta":{"content":"\"q\""}}]}"#;
         assert!(classify(escaped).content);
+        // Not UTF-8 (a lone continuation byte in a token): not JSON.
+        assert!(
+            classify(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\x80\"}}]}").invalid
+        );
+        let multibyte = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"é\"}}]}";
+        assert!(classify(multibyte.as_bytes()).content);
     }
 }
