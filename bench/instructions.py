@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Instructions per request and per streamed token of one or more weir builds, counted by
+valgrind's callgrind (instruction counts do not drift with the machine's load, unlike time).
+
+Each build serves the same `weir bench` load twice under callgrind — requests of 2 and of 32
+output tokens — after a short warm-up that is not counted. The difference between the two
+loads, over the tokens it adds, is the cost of a token; the short load, less its tokens, is
+the cost of a request. The first build is the baseline; the others are given as ratios to it.
+
+    python3 bench/instructions.py                              # target/release/weir alone
+    python3 bench/instructions.py --build base=/tmp/old/weir --build new=target/release/weir
+
+Needs valgrind (`apt-get install valgrind`). The simulator and the load run outside valgrind.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import free_port, stop_all, wait_port  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIR = os.path.join(ROOT, "target", "release", "weir")
+
+
+def wait_ready(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    sys.exit("the gateway under valgrind did not become ready")
+
+
+def count(build, sim_port, max_tokens, args, tmp):
+    """Instructions weir executed while serving args.requests requests of max_tokens tokens."""
+    port, admin = free_port(), free_port()
+    out = os.path.join(tmp, f"cg.{max_tokens}.out")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", build,
+           "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+           "--backend", f"http://127.0.0.1:{sim_port}", "--model", "tiny-llama"]
+    gw = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=dict(os.environ, RUST_LOG="info"))
+    try:
+        wait_ready(admin)
+        load = [WEIR, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
+                "--prompt-tokens", "64"]
+        subprocess.run(load + ["--concurrency", "1", "--requests", "20"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["callgrind_control", "--zero", str(gw.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(load + ["--concurrency", str(args.concurrency), "--requests", str(args.requests)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["callgrind_control", "--dump", str(gw.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        stop_all([gw], 20)
+    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+    if not dumps:
+        sys.exit("callgrind wrote no dump")
+    total = 0
+    with open(dumps[-1]) as f:
+        for line in f:
+            m = re.match(r"summary:\s+(\d+)", line) or re.match(r"totals:\s+(\d+)", line)
+            if m:
+                total = int(m.group(1))
+    for d in glob.glob(out + "*"):
+        os.remove(d)
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", action="append", default=[],
+                    help="NAME=PATH of a weir binary; repeat; the first is the baseline")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is needed: apt-get install valgrind")
+    builds = [b.split("=", 1) for b in args.build] or [["weir", WEIR]]
+    tmp = tempfile.mkdtemp(prefix="weir-instr-")
+    sim_port = free_port()
+    # The simulator: 5 ms to the first token, 2 ms between tokens.
+    sim = subprocess.Popen([WEIR, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", "5ms", "--itl", "2ms",
+                            "--max-num-seqs", "100000"], stdout=subprocess.DEVNULL)
+    rows = []
+    try:
+        wait_port(sim_port)
+        for name, path in builds:
+            short = count(path, sim_port, 2, args, tmp)
+            long = count(path, sim_port, 32, args, tmp)
+            per_token = (long - short) / (args.requests * 30)
+            per_request = short / args.requests - 2 * per_token
+            rows.append((name, per_request, per_token))
+    finally:
+        stop_all([sim], 10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = rows[0]
+    print(f"{args.requests} streamed chat requests, {args.concurrency} at a time; instructions (callgrind Ir)")
+    print(f"{'build':<12} {'per request':>12} {'ratio':>7} {'per token':>10} {'ratio':>7}")
+    for name, req, tok in rows:
+        print(f"{name:<12} {req:>12,.0f} {req / base[1]:>7.3f} {tok:>10,.0f} {tok / base[2]:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
