@@ -23,13 +23,13 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::auth::{AuthLayer, Tenant};
 use crate::balance::{Backend, NoPick, Pool};
 use crate::config::Config;
 use crate::error::{GatewayError, openai_error_body};
-use crate::forward::{self, ClientAddr};
+use crate::forward::{self, ClientAddr, RandomRequestId};
 use crate::health;
 use crate::inspect::{Inspected, inspect};
 use crate::metrics::{ErrorKind, Metrics, Operation};
@@ -106,7 +106,7 @@ impl AppState {
 pub fn service(state: Arc<AppState>) -> AppService {
     let stack = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(AuthLayer::new(&state.config().auth, state.metrics.clone()))
         .service(Proxy { state });
