@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::balance::Load;
 use crate::config::Timeouts;
 use crate::metrics::{Metrics, Operation, Series};
+use crate::telemetry::access::AccessLine;
 use sse::{EventInfo, Usage};
 
 pub use body::ObservedBody;
@@ -208,34 +209,39 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
 
     let (itl_p50, itl_max) = itl_summary(&m.itl_us);
     let finish_reasons = m.finish_reasons.join(",");
-    tracing::info!(
-        target: "weir::access",
-        trace_id = %ex.trace.trace_id(),
-        span_id = %ex.trace.span_id(),
-        request_id = %ex.request_id,
-        tenant = ex.tenant.as_deref(),
-        model = ex.model.as_deref().unwrap_or(""),
-        model_label = s.model(),
-        response_model = m.response_model.as_deref(),
-        operation = ex.operation.as_str(),
-        stream = ex.stream,
-        max_tokens = ex.max_tokens,
-        backend = &*ex.backend,
-        status = ex.status.as_u16(),
-        outcome = outcome.as_str(),
-        timeout = match outcome { Outcome::Timeout(k) => Some(k), _ => None },
-        ttft_ms = ttft.map(ms),
-        tpot_ms = tpot.map(ms),
-        itl_p50_ms = itl_p50,
-        itl_max_ms = itl_max,
-        e2e_ms = ms(e2e),
-        input_tokens = m.usage.map(|u| u.prompt_tokens),
-        output_tokens = output,
-        tokens_estimated = estimated,
-        finish_reasons = %finish_reasons,
-        degraded = m.degraded,
-        "request finished"
-    );
+    let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
+    AccessLine {
+        message: "request finished",
+        trace_id: hex_str(&ex.trace.trace_id().to_bytes(), &mut trace_hex),
+        span_id: hex_str(&ex.trace.span_id().to_bytes(), &mut span_hex),
+        request_id: &ex.request_id,
+        tenant: ex.tenant.as_deref(),
+        model: ex.model.as_deref().unwrap_or(""),
+        model_label: s.model(),
+        response_model: m.response_model.as_deref(),
+        operation: ex.operation.as_str(),
+        stream: ex.stream,
+        max_tokens: ex.max_tokens,
+        backend: &ex.backend,
+        status: ex.status.as_u16(),
+        outcome: outcome.as_str(),
+        timeout: match outcome {
+            Outcome::Timeout(k) => Some(k),
+            _ => None,
+        },
+        ttft_ms: ttft.map(ms),
+        tpot_ms: tpot.map(ms),
+        itl_p50_ms: itl_p50,
+        itl_max_ms: itl_max,
+        e2e_ms: ms(e2e),
+        input_tokens: m.usage.map(|u| u.prompt_tokens),
+        output_tokens: output,
+        tokens_estimated: estimated,
+        finish_reasons: &finish_reasons,
+        degraded: m.degraded,
+        target: crate::telemetry::access::TARGET,
+    }
+    .emit();
     let summary = crate::trace::Summary {
         output_tokens: output,
         tokens_estimated: estimated,
@@ -243,6 +249,14 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
         itl_max_ms: itl_max,
     };
     ex.trace.finish(ex, m, outcome, end, &summary);
+}
+
+/// `bytes` in lower-case hex, written into `buf` (twice as long).
+fn hex_str<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
+    match hex::encode_to_slice(bytes, buf) {
+        Ok(()) => std::str::from_utf8(buf).unwrap_or_default(),
+        Err(_) => "",
+    }
 }
 
 /// Median and maximum of the gaps, in milliseconds.
@@ -266,5 +280,17 @@ mod tests {
     fn itl_summary_median_and_max() {
         assert_eq!(itl_summary(&[]), (None, None));
         assert_eq!(itl_summary(&[3000, 1000, 2000]), (Some(2.0), Some(3.0)));
+    }
+
+    #[test]
+    fn ids_in_hex_as_traceparent_has_them() {
+        let id =
+            opentelemetry::trace::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(
+            hex_str(&id.to_bytes(), &mut buf),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(hex_str(&[0, 1, 0xff], &mut [0u8; 6]), "0001ff");
     }
 }

@@ -1,5 +1,5 @@
 //! Telemetry set-up, beside the request flow: the JSON log subscriber (access log on target
-//! `weir::access`, the rest filtered by `RUST_LOG`) and the OTLP trace pipeline — the
+//! `weir::access` in `telemetry/access.rs`, the rest filtered by `RUST_LOG`) and the OTLP trace pipeline — the
 //! `[telemetry]` config and its `OTEL_*` variables, the exporter (gRPC or HTTP/protobuf) and
 //! the bounded span queue (`telemetry/queue.rs`). The spans of each request are made in
 //! `trace.rs`.
@@ -16,6 +16,7 @@
 //! health-check rounds, config reloads — into the same pipeline, through a layer of the
 //! global subscriber that the running gateway fills in (`Telemetry::bridge_tracing`).
 
+pub mod access;
 mod config;
 mod queue;
 
@@ -55,11 +56,14 @@ pub fn init_logging(default_filter: &str) {
     let (bridge, handle) = reload::Layer::new(None);
     // Only weir's own spans: never the exporter's (that would trace the exporting itself).
     let bridge = bridge.with_filter(Targets::new().with_target("weir", tracing::Level::INFO));
-    let json = tracing_subscriber::fmt::layer()
+    let format = tracing_subscriber::fmt::format()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_span_list(false)
+        .with_span_list(false);
+    let json = tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(access::LogFormat { json: format })
         .with_writer(std::io::stdout)
         .with_filter(filter);
     if Registry::default()
