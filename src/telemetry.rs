@@ -56,14 +56,9 @@ pub fn init_logging(default_filter: &str) {
     let (bridge, handle) = reload::Layer::new(None);
     // Only weir's own spans: never the exporter's (that would trace the exporting itself).
     let bridge = bridge.with_filter(Targets::new().with_target("weir", tracing::Level::INFO));
-    let format = tracing_subscriber::fmt::format()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false);
     let json = tracing_subscriber::fmt::layer()
         .json()
-        .event_format(access::LogFormat { json: format })
+        .event_format(access::LogFormat::new())
         .with_writer(std::io::stdout)
         .with_filter(filter);
     if Registry::default()

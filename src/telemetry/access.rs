@@ -75,7 +75,25 @@ impl fmt::Display for AccessLine<'_> {
 /// The JSON log format, with the access line written as it was serialized: the timestamp
 /// and level first, as for every other line.
 pub struct LogFormat {
-    pub json: Format<Json>,
+    json: Format<Json>,
+}
+
+impl LogFormat {
+    /// One flat JSON object a line, without span context.
+    pub fn new() -> LogFormat {
+        let json = tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false);
+        LogFormat { json }
+    }
+}
+
+impl Default for LogFormat {
+    fn default() -> Self {
+        LogFormat::new()
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for LogFormat
@@ -127,13 +145,7 @@ mod tests {
         let sink = out.clone();
         let layer = tracing_subscriber::fmt::layer()
             .json()
-            .event_format(LogFormat {
-                json: tracing_subscriber::fmt::format()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false),
-            })
+            .event_format(LogFormat::new())
             .with_writer(move || Sink(sink.clone()));
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
