@@ -53,13 +53,12 @@ pub(super) fn own_ids(parent: &Context) -> SpanContext {
 
 /// Sets `traceparent` (and `tracestate`, when there is one) for the upstream request.
 pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        cx.trace_id(),
-        cx.span_id(),
-        cx.trace_flags().to_u8()
-    );
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+    // `00-{trace id}-{span id}-{flags}` in lower-case hex, written in place (no formatter).
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let hexed = hex::encode_to_slice(cx.trace_id().to_bytes(), &mut tp[3..35])
+        .and_then(|()| hex::encode_to_slice(cx.span_id().to_bytes(), &mut tp[36..52]))
+        .and_then(|()| hex::encode_to_slice([cx.trace_flags().to_u8()], &mut tp[53..55]));
+    if let (Ok(()), Ok(v)) = (hexed, HeaderValue::from_bytes(&tp)) {
         headers.insert(HeaderName::from_static("traceparent"), v);
     }
     let state = cx.trace_state().header();
