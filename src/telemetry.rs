@@ -1,8 +1,8 @@
 //! Telemetry set-up, beside the request flow: the JSON log subscriber (access log on target
-//! `weir::access` in `telemetry/access.rs`, the rest filtered by `RUST_LOG`) and the OTLP trace pipeline — the
-//! `[telemetry]` config and its `OTEL_*` variables, the exporter (gRPC or HTTP/protobuf) and
-//! the bounded span queue (`telemetry/queue.rs`). The spans of each request are made in
-//! `trace.rs`.
+//! `weir::access` in `telemetry/access.rs`, the rest filtered by `RUST_LOG`) and the OTLP trace
+//! pipeline — the `[telemetry]` config and its `OTEL_*` variables, the exporter (gRPC or
+//! HTTP/protobuf) and the bounded span queue (`telemetry/queue.rs`). The spans of each request
+//! are made in `trace.rs`.
 //!
 //! The request spans use the OpenTelemetry API directly, not `tracing` spans bridged by
 //! tracing-opentelemetry: each gateway owns its tracer provider (tests run several gateways,

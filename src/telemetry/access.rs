@@ -19,6 +19,9 @@ pub const TARGET: &str = "weir::access";
 /// The access log's fields, in the order they appear; absent values are left out.
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
+    /// When the line is written, as the subscriber stamps every other line.
+    pub timestamp: Now,
+    pub level: &'static str,
     pub message: &'static str,
     pub trace_id: &'a str,
     pub span_id: &'a str,
@@ -57,6 +60,17 @@ pub struct AccessLine<'a> {
     pub target: &'static str,
 }
 
+/// The wall-clock time at serialization, in RFC 3339 with microseconds (UTC).
+pub struct Now;
+
+impl Serialize for Now {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(
+            std::time::SystemTime::now(),
+        ))
+    }
+}
+
 impl AccessLine<'_> {
     /// Emits the line as the event `line` on the access target (built only if it is enabled).
     pub fn emit(&self) {
@@ -72,8 +86,7 @@ impl fmt::Display for AccessLine<'_> {
     }
 }
 
-/// The JSON log format, with the access line written as it was serialized: the timestamp
-/// and level first, as for every other line.
+/// The JSON log format, with the access line written as it was serialized.
 pub struct LogFormat {
     json: Format<Json>,
 }
@@ -108,12 +121,13 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         if event.metadata().target() == TARGET {
-            let mut line = LineField(String::new());
+            let mut line = LineField {
+                writer: &mut writer,
+                written: None,
+            };
             event.record(&mut line);
-            if let Some(fields) = line.0.strip_prefix('{') {
-                let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-                write!(writer, "{{\"timestamp\":\"{now}\",\"level\":\"INFO\",")?;
-                writer.write_str(fields)?;
+            if let Some(written) = line.written {
+                written?;
                 return writeln!(writer);
             }
         }
@@ -121,14 +135,16 @@ where
     }
 }
 
-/// Takes the `line` field of an access event.
-struct LineField(String);
+/// Writes the `line` field of an access event as it is.
+struct LineField<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    written: Option<fmt::Result>,
+}
 
-impl Visit for LineField {
+impl Visit for LineField<'_, '_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "line" {
-            use fmt::Write as _;
-            let _ = write!(self.0, "{value:?}");
+        if field.name() == "line" && self.written.is_none() {
+            self.written = Some(write!(self.writer, "{value:?}"));
         }
     }
 }
@@ -173,6 +189,8 @@ mod tests {
     #[test]
     fn the_access_line_is_one_flat_object_like_the_other_lines() {
         let line = AccessLine {
+            timestamp: Now,
+            level: "INFO",
             message: "request finished",
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             span_id: "b7ad6b7169203331",
