@@ -68,7 +68,19 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     // Before the first health check, so that its span is bridged too.
     state.telemetry.bridge_tracing();
     let health = tokio::spawn(health::run(state.clone(), rx2));
-    tracing::info!(%addr, %admin_addr, backends = state.pool().backends.len(), "weir is serving");
+    let rt = tokio::runtime::Handle::current();
+    let flavor = match rt.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    };
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        backends = state.pool().backends.len(),
+        runtime = flavor,
+        workers = rt.metrics().num_workers(),
+        "weir is serving"
+    );
     Ok(Gateway {
         addr,
         admin_addr,

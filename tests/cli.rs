@@ -40,12 +40,16 @@ async fn one_json_access_log_line_per_request() {
             ])
             .args(["--backend", &format!("http://{sim}")])
             .env("RUST_LOG", "info")
+            // One thread: the single-threaded runtime serves (the SIGHUP test runs two).
+            .env("TOKIO_WORKER_THREADS", "1")
             .stdout(Stdio::piped())
             .spawn()
             .expect("weir starts"),
     );
     let mut rx = json_lines(child.0.stdout.take().unwrap());
     let serving = line_where(&mut rx, "message", "weir is serving").await;
+    assert_eq!(serving["runtime"], "current_thread", "{serving}");
+    assert_eq!(serving["workers"], 1, "{serving}");
     let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
 
     let mut req = post(addr, "/v1/chat/completions", &chat(true, 9));
@@ -184,13 +188,17 @@ async fn sighup_reloads_the_config_file() {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
+            .env("TOKIO_WORKER_THREADS", "2")
             .stdout(Stdio::piped())
             .spawn()
             .expect("weir starts"),
     );
     let mut rx = json_lines(child.0.stdout.take().unwrap());
     let serving = line_where(&mut rx, "message", "weir is serving").await;
+    assert_eq!(serving["runtime"], "multi_thread", "{serving}");
+    assert_eq!(serving["workers"], 2, "{serving}");
     let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
+    let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
     std::fs::write(&path, file(b)).unwrap();
     let hup = Command::new("kill")
         .args(["-HUP", &child.0.id().to_string()])
@@ -203,6 +211,13 @@ async fn sighup_reloads_the_config_file() {
         backends.contains(&b.to_string()) && !backends.contains(&a.to_string()),
         "{backends}"
     );
+    let (status, _, body) = send(
+        &client(),
+        post(addr, "/v1/chat/completions", &chat(true, 5)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
