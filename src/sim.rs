@@ -22,9 +22,12 @@
 //! - Only a single prompt per completions request is supported (a batch is a 400).
 //! - Streams get their headers at once; the chat role chunk follows admission (at once unless
 //!   `max_num_seqs` generations are running), then TTFT, then one chunk per token every ITL.
+//!   The TTFT is kept to the microsecond (give or take the kernel's timer slack), the ITL to
+//!   tokio's millisecond ticks (see `clock`).
 //! - Injected failures (`http=`, `--error-rate`, `error-event`, `close`) count as
 //!   `finished_reason="error"`; a client leaving mid-generation counts as `"abort"`.
 
+mod clock;
 mod handlers;
 mod metrics;
 mod pydantic;

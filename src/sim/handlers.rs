@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::clock;
 use super::metrics::{self, Metrics, Reason, Tracker};
 use super::pydantic::{ApiError, json_str};
 use super::render::{self, Chunks, Finish, Full};
@@ -273,7 +274,7 @@ impl Sim {
             Some(Fault::ErrorEvent { after } | Fault::Close { after }) => after.min(d.tokens),
             Some(Fault::Http(_)) | None => d.tokens,
         };
-        tokio::time::sleep_until(token_time(produced.max(1), &mut rng)).await;
+        clock::Sleep::until(token_time(produced.max(1), &mut rng)).await;
         tracker.tokens(produced, first, timing.itl);
         if let Some(Fault::ErrorEvent { .. }) = fault {
             tracker.finish(Reason::Error);
@@ -342,7 +343,7 @@ impl Sim {
             Some(id) => render::hash(id.as_bytes()),
             None => fastrand::u64(..),
         };
-        tokio::time::sleep(timing.ttft).await;
+        clock::Sleep::until(later(Instant::now(), timing.ttft)).await;
         self.metrics.prompt_tokens.inc_by(u64::from(prompt_tokens));
         let body = render::embeddings(
             render::mix(seed, 1),

@@ -13,6 +13,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use super::Fault;
+use super::clock;
 use super::metrics::{Reason, Tracker};
 use super::render::{self, Chunks, Finish};
 
@@ -75,6 +76,7 @@ pub(crate) struct Stream {
     words: fastrand::Rng,
     jitter: fastrand::Rng,
     sleep: Option<Pin<Box<Sleep>>>,
+    first: Option<clock::Sleep>,
     deadline: Instant,
     sent: u32,
     phase: Phase,
@@ -97,6 +99,7 @@ impl Stream {
             job,
             tracker,
             sleep: None,
+            first: None,
             deadline: now,
             sent: 0,
             phase: Phase::End,
@@ -122,13 +125,23 @@ impl Stream {
         };
     }
 
-    /// The current time if the deadline has passed; registers the timer otherwise.
+    /// The current time if the deadline has passed; registers the timer otherwise (the
+    /// first token's on the precise clock, later ones on tokio's).
     fn due(&mut self, cx: &mut Context<'_>) -> Option<Instant> {
         let now = Instant::now();
         if self.deadline <= now {
             return Some(now);
         }
         let deadline = self.deadline;
+        if self.sent == 0 {
+            let first = self
+                .first
+                .get_or_insert_with(|| clock::Sleep::until(deadline));
+            if first.deadline() != deadline {
+                *first = clock::Sleep::until(deadline);
+            }
+            return Pin::new(first).poll(cx).is_ready().then(Instant::now);
+        }
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
