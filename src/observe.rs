@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::balance::Load;
 use crate::config::Timeouts;
 use crate::metrics::{Metrics, Operation, Series};
-use crate::telemetry::access::{AccessLine, Now};
+use crate::telemetry::access::AccessLine;
 use sse::{EventInfo, Usage};
 
 pub use body::ObservedBody;
@@ -211,9 +211,6 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
     let finish_reasons = m.finish_reasons.join(",");
     let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
     AccessLine {
-        timestamp: Now,
-        level: "INFO",
-        message: "request finished",
         trace_id: hex_str(&ex.trace.trace_id().to_bytes(), &mut trace_hex),
         span_id: hex_str(&ex.trace.span_id().to_bytes(), &mut span_hex),
         request_id: &ex.request_id,
@@ -241,7 +238,6 @@ pub fn record(ex: &Exchange, m: &Measurement, outcome: Outcome, end: Instant) {
         tokens_estimated: estimated,
         finish_reasons: &finish_reasons,
         degraded: m.degraded,
-        target: crate::telemetry::access::TARGET,
     }
     .emit();
     let summary = crate::trace::Summary {

@@ -16,13 +16,11 @@ use tracing_subscriber::registry::LookupSpan;
 /// The target of the access log.
 pub const TARGET: &str = "weir::access";
 
-/// The access log's fields, in the order they appear; absent values are left out.
+/// The access log's fields, in the order they appear; absent values are left out. The line
+/// around them (timestamp, level, message, target) is the same for every request: see
+/// [`Line`].
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
-    /// When the line is written, as the subscriber stamps every other line.
-    pub timestamp: Now,
-    pub level: &'static str,
-    pub message: &'static str,
     pub trace_id: &'a str,
     pub span_id: &'a str,
     pub request_id: &'a str,
@@ -57,11 +55,22 @@ pub struct AccessLine<'a> {
     pub tokens_estimated: bool,
     pub finish_reasons: &'a str,
     pub degraded: bool,
-    pub target: &'static str,
+}
+
+/// The whole line: the fields every log line of the subscriber has, around the request's.
+#[derive(Serialize)]
+struct Line<'a> {
+    /// When the line is written, as the subscriber stamps every other line.
+    timestamp: Now,
+    level: &'static str,
+    message: &'static str,
+    #[serde(flatten)]
+    fields: &'a AccessLine<'a>,
+    target: &'static str,
 }
 
 /// The wall-clock time at serialization, in RFC 3339 with microseconds (UTC).
-pub struct Now;
+struct Now;
 
 impl Serialize for Now {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -81,7 +90,14 @@ impl AccessLine<'_> {
 /// The line as one JSON object.
 impl fmt::Display for AccessLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let json = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        let line = Line {
+            timestamp: Now,
+            level: "INFO",
+            message: "request finished",
+            fields: self,
+            target: TARGET,
+        };
+        let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         f.write_str(&json)
     }
 }
@@ -189,9 +205,6 @@ mod tests {
     #[test]
     fn the_access_line_is_one_flat_object_like_the_other_lines() {
         let line = AccessLine {
-            timestamp: Now,
-            level: "INFO",
-            message: "request finished",
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             span_id: "b7ad6b7169203331",
             request_id: "r-\"1\"",
@@ -216,7 +229,6 @@ mod tests {
             tokens_estimated: false,
             finish_reasons: "length",
             degraded: false,
-            target: TARGET,
         };
         let lines = written(&line);
         assert_eq!(lines.len(), 2);
