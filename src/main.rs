@@ -214,7 +214,7 @@ fn worker_threads() -> usize {
 
 /// Runs `fut` on a multi-threaded runtime, or, with one thread, on tokio's single-threaded
 /// one: on one core the work-stealing scheduler only adds bookkeeping to every wake-up
-/// (`bench/overhead.py`, 256 streams: 7 % less CPU per token).
+/// (3–7 % less CPU per token in interleaved runs, BENCHMARKS.md).
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
     let threads = worker_threads();
     let mut builder = if threads == 1 {

@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 /// What a sleeper and the clock's thread share.
-#[derive(Default)]
 struct Slot {
     fired: bool,
     waker: Option<Waker>,
@@ -81,6 +80,7 @@ fn clock() -> Option<&'static Clock> {
 
 impl Clock {
     fn run(&self) {
+        let mut due = Vec::new();
         let mut q = lock(&self.queue);
         loop {
             let now = Instant::now();
@@ -88,14 +88,17 @@ impl Clock {
                 let Some(Reverse(e)) = q.heap.pop() else {
                     break;
                 };
-                let waker = {
-                    let mut slot = lock(&e.slot);
-                    slot.fired = true;
-                    slot.waker.take()
-                };
-                if let Some(w) = waker {
-                    w.wake();
-                }
+                let mut slot = lock(&e.slot);
+                slot.fired = true;
+                due.extend(slot.waker.take());
+            }
+            if !due.is_empty() {
+                // Woken outside the queue's lock: a runtime adding a deadline never waits on
+                // the wake-ups.
+                drop(q);
+                due.drain(..).for_each(Waker::wake);
+                q = lock(&self.queue);
+                continue;
             }
             q = match q.heap.peek().map(|Reverse(e)| e.at - now) {
                 Some(wait) => {
@@ -137,10 +140,6 @@ impl Sleep {
             slot: None,
             fallback: None,
         }
-    }
-
-    pub fn deadline(&self) -> tokio::time::Instant {
-        self.deadline
     }
 }
 

@@ -134,12 +134,10 @@ impl Stream {
         }
         let deadline = self.deadline;
         if self.sent == 0 {
+            // Fixed from admission until the first token.
             let first = self
                 .first
                 .get_or_insert_with(|| clock::Sleep::until(deadline));
-            if first.deadline() != deadline {
-                *first = clock::Sleep::until(deadline);
-            }
             return Pin::new(first).poll(cx).is_ready().then(Instant::now);
         }
         let sleep = self
