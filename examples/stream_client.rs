@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
-use weir::observe::sse::{SseParser, classify};
+use weir_sse::{SseParser, classify};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,7 +8,7 @@ seconds="${FUZZ_SECONDS:-60}"
 export RUSTC_BOOTSTRAP=1
 mkdir -p fuzz/corpus/sse fuzz/corpus/inspect
 # Seed the SSE corpus with vLLM's own captures.
-for f in ../shared/fixtures/vllm-0.32.0/*.sse; do
+for f in tests/fixtures/vllm-0.32.0/*.sse; do
   [ -f "$f" ] && { printf '\x80'; cat "$f"; } > "fuzz/corpus/sse/$(basename "$f")"
 done
 for t in sse inspect; do

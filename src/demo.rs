@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{BackendConfig, Config};
 use crate::gateway;
-use crate::sim::{self, SimConfig};
+use weir_sim::{self as sim, SimConfig};
 
 /// Arguments of `weir demo`.
 #[derive(Debug, Clone, clap::Args)]

@@ -239,7 +239,7 @@ mod tests {
     fn reads_vllm_queue_metrics() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/vllm-0.32.0/metrics_under_load.txt"
+            "/tests/fixtures/vllm-0.32.0/metrics_under_load.txt"
         ))
         .unwrap();
         assert_eq!(sum(&text, "vllm:num_requests_running"), Some(64.0));

@@ -54,11 +54,11 @@ struct GatewayArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the vLLM simulator.
-    Sim(weir::sim::SimConfig),
+    Sim(weir_sim::SimConfig),
     /// Run the simulator and the gateway in one process with a short load, then summarise.
     Demo(weir::demo::DemoArgs),
     /// Load-test an OpenAI-compatible endpoint and report TTFT, ITL, TPOT, e2e and goodput.
-    Bench(weir::bench::BenchArgs),
+    Bench(weir_bench::BenchArgs),
     /// Validate a config file.
     Check {
         #[arg(long, short = 'c')]
@@ -90,13 +90,13 @@ fn main() -> ExitCode {
             run(async move {
                 let listener = tokio::net::TcpListener::bind(sim.listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, model = %sim.model, "simulator serving");
-                weir::sim::serve(listener, sim, weir::gateway::shutdown_signal()).await
+                weir_sim::serve(listener, sim, weir::gateway::shutdown_signal()).await
             })
         }
         Some(Command::Bench(args)) => {
             weir::telemetry::init_logging("warn");
             prepare_fds(None);
-            run(weir::bench::run(args))
+            run(weir_bench::run(args))
         }
         Some(Command::Demo(args)) => {
             weir::telemetry::init_logging("warn");

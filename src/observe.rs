@@ -3,7 +3,6 @@
 //! metrics, the access-log line and the request's spans when it ends, however it ends.
 
 pub mod body;
-pub mod sse;
 mod strip;
 
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use crate::balance::Load;
 use crate::config::Timeouts;
 use crate::metrics::{Metrics, Operation, Series};
 use crate::telemetry::access::AccessLine;
-use sse::{EventInfo, Usage};
+use weir_sse::{EventInfo, Usage};
 
 pub use body::ObservedBody;
 

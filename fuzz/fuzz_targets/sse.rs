@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir::observe::sse::{SseParser, classify};
+use weir_sse::{SseParser, classify};
 
 fuzz_target!(|input: &[u8]| {
     // The first byte chooses where to cut; the rest is the stream.

@@ -14,10 +14,10 @@ use tokio::time::{Instant, Sleep};
 /// Errors passed to the client's connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-use super::sse::{self, SseParser};
 use super::strip::Strip;
 use super::{Exchange, Measurement, Outcome, record};
 use crate::metrics::ErrorKind;
+use weir_sse::{self as sse, SseParser};
 
 /// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
 /// unmeasured.

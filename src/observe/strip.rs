@@ -3,7 +3,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::sse;
+use weir_sse as sse;
 
 /// A decision about one event while stripping the injected usage chunk.
 #[derive(Debug)]

@@ -1,0 +1,261 @@
+//! The `weir` binary: the access log on stdout, `weir check`, and `weir demo`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use http::StatusCode;
+use weir_sim::SimConfig;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn one_json_access_log_line_per_request() {
+    let sim = start_sim(SimConfig {
+        itl: Duration::from_millis(2),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut child = Child(
+        Command::new(WEIR)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--model",
+                "tiny-llama",
+            ])
+            .args(["--backend", &format!("http://{sim}")])
+            .env("RUST_LOG", "info")
+            // One thread: the single-threaded runtime serves (the SIGHUP test runs two).
+            .env("TOKIO_WORKER_THREADS", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    assert_eq!(serving["runtime"], "current_thread", "{serving}");
+    assert_eq!(serving["workers"], 1, "{serving}");
+    let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
+
+    let mut req = post(addr, "/v1/chat/completions", &chat(true, 9));
+    req.headers_mut()
+        .insert("x-request-id", "log-test-1".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", "Bearer sk-secret-key".parse().unwrap());
+    req.headers_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let (status, _, _) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let line = line_where(&mut rx, "target", "weir::access").await;
+    assert_eq!(line["request_id"], "log-test-1");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(line["model"], "tiny-llama");
+    assert_eq!(line["backend"], sim.to_string());
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["outcome"], "ok");
+    assert_eq!(line["output_tokens"], 9);
+    assert_eq!(line["tokens_estimated"], false);
+    assert_eq!(line["finish_reasons"], "length");
+    for f in [
+        "ttft_ms",
+        "tpot_ms",
+        "itl_p50_ms",
+        "itl_max_ms",
+        "e2e_ms",
+        "input_tokens",
+    ] {
+        assert!(line[f].is_number(), "{f} in {line}");
+    }
+    assert!(line["itl_max_ms"].as_f64() >= line["itl_p50_ms"].as_f64());
+    assert!(!line.to_string().contains("sk-secret-key"));
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_names_a_bad_field() {
+    let ok = Command::new(WEIR)
+        .args(["check", "--config", "config/weir.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+
+    let dir = std::env::temp_dir().join(format!("weir-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[backends]]\nurl = \"http://127.0.0.1:8000\"\n[timeouts]\nconect = \"3s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&bad, "[[backends]]\nurl = \"https://vllm:8000\"\n").unwrap();
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backends[0].url"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_a_load_and_prints_the_summary() {
+    let out = Command::new(WEIR)
+        .args([
+            "demo",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+            "--ttft",
+            "20ms",
+            "--itl",
+            "2ms",
+            "--max-tokens",
+            "16",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("tiny-llama"))
+        .unwrap_or_else(|| panic!("no summary row:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "40", "{row}");
+    assert!(row.contains("ok="), "{row}");
+    assert!(stdout.contains("/metrics"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("40/40"));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let a = start_sim(SimConfig::fast()).await;
+    let b = start_sim(SimConfig::fast()).await;
+    let dir = std::env::temp_dir().join(format!("weir-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weir.toml");
+    let file = |backend: std::net::SocketAddr| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[[backends]]\nurl = \"http://{backend}\"\n"
+        )
+    };
+    std::fs::write(&path, file(a)).unwrap();
+    let mut child = Child(
+        Command::new(WEIR)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("TOKIO_WORKER_THREADS", "2")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    assert_eq!(serving["runtime"], "multi_thread", "{serving}");
+    assert_eq!(serving["workers"], 2, "{serving}");
+    let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
+    let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
+    std::fs::write(&path, file(b)).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    line_where(&mut rx, "message", "config reloaded").await;
+    let (_, backends) = get_text(admin, "/backends").await;
+    assert!(
+        backends.contains(&b.to_string()) && !backends.contains(&a.to_string()),
+        "{backends}"
+    );
+    let (status, _, body) = send(
+        &client(),
+        post(addr, "/v1/chat/completions", &chat(true, 5)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_gateway_raises_its_open_file_limit_and_sizes_its_descriptor_table() {
+    let sim = start_sim(SimConfig::fast()).await;
+    // Started with a soft limit of 256 under a hard one of 8192.
+    let mut child = Child(
+        Command::new("prlimit")
+            .args(["--nofile=256:8192", WEIR])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--model",
+                "tiny-llama",
+                "--backend",
+                &format!("http://{sim}"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("prlimit (util-linux) runs weir"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    line_where(&mut rx, "message", "weir is serving").await;
+    let pid = child.0.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["8192", "8192"], "{open_files}");
+    // Room for max_connections (10,000 by default) clients and their backend connections,
+    // within the limit: the table does not have to grow while connections come in.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let fd_size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(fd_size >= 8192, "FDSize {fd_size}");
+}

@@ -1,0 +1,249 @@
+//! Helpers shared by the integration tests: a simulator and a gateway on 127.0.0.1:0, an
+//! HTTP/1.1 and an h2c client, and `/metrics` scraping.
+#![allow(dead_code)]
+
+pub mod hostile;
+pub mod ops;
+pub mod otlp;
+pub mod prom;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use weir::config::{BackendConfig, Config};
+use weir::gateway::{self, Gateway};
+use weir_sim::{self as sim, SimConfig};
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A simulator serving on 127.0.0.1:0 until the test's runtime ends.
+pub async fn start_sim(config: SimConfig) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sim::serve(listener, config, std::future::pending()));
+    addr
+}
+
+/// A simulator that can be stopped (a backend that dies) and started again on its address.
+pub struct StoppableSim {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl StoppableSim {
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> StoppableSim {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sim::serve(listener, config, async move {
+            let _ = rx.await;
+        }));
+        StoppableSim {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving: the port refuses connections once this returns.
+    pub async fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// The gateway's config for the given backends, both listeners on 127.0.0.1:0.
+pub fn gateway_config(backends: &[SocketAddr]) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        models: vec!["tiny-llama".into()],
+        backends: backends
+            .iter()
+            .map(|a| BackendConfig::new(format!("http://{a}")))
+            .collect(),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    };
+    c.normalise();
+    // Both listeners on port 0 compare equal; validate what else there is.
+    c
+}
+
+pub async fn start_gateway(backends: &[SocketAddr]) -> Gateway {
+    gateway::start(gateway_config(backends)).await.unwrap()
+}
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A JSON POST request.
+pub fn post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Request<Full<Bytes>> {
+    Request::post(format!("http://{addr}{path}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// A streamed chat request body.
+pub fn chat(stream: bool, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "How high is the weir?"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": true,
+        "stream": stream,
+    })
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let res = client
+        .request(req)
+        .await
+        .expect("request reaches the gateway");
+    let (parts, body) = res.into_parts();
+    let body = body
+        .collect()
+        .await
+        .expect("body read to the end")
+        .to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// Starts a request and returns the response with its body unread.
+pub async fn open(client: &HttpClient, req: Request<Full<Bytes>>) -> Response<Incoming> {
+    client
+        .request(req)
+        .await
+        .expect("request reaches the gateway")
+}
+
+/// Reads data frames until `pred` holds for what has arrived so far.
+pub async fn read_until(body: &mut Incoming, mut pred: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+    let mut seen = Vec::new();
+    while !pred(&seen) {
+        let frame = body
+            .frame()
+            .await
+            .expect("stream still open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            seen.extend_from_slice(&d);
+        }
+    }
+    seen
+}
+
+/// GET `http://addr{path}` as text.
+pub async fn get_text(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Scrapes `/metrics`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, text) = get_text(addr, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    text
+}
+
+/// Scrapes `/metrics` until `cond` holds (an event the test waits for), at most 10 s.
+pub async fn wait_for_metrics(
+    addr: SocketAddr,
+    what: &str,
+    mut cond: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(addr).await;
+        if cond(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+pub const CHAT: [(&str, &str); 2] = [
+    ("gen_ai_request_model", "tiny-llama"),
+    ("gen_ai_operation_name", "chat"),
+];
+
+/// The JSON lines a child process writes on stdout (the access log, weir's other logs), read
+/// on a thread; every line must be JSON.
+pub fn json_lines(
+    stdout: std::process::ChildStdout,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line whose `field` equals `value`, waiting at most 20 s.
+pub async fn line_where(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    field: &str,
+    value: &str,
+) -> serde_json::Value {
+    let wait = async {
+        while let Some(v) = rx.recv().await {
+            if v[field] == value {
+                return v;
+            }
+        }
+        panic!("the process ended before a line with {field} = {value}");
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no line with {field} = {value} within 20 s"))
+}

@@ -1,0 +1,19 @@
+//! The integration tests, one binary: each module starts real servers (the simulator, the
+//! gateway, and for some the Prometheus tools and an OTLP receiver) on 127.0.0.1 and talks
+//! to them over real sockets.
+
+mod common;
+
+mod backends;
+mod bench;
+mod cli;
+mod gateway;
+mod hostile;
+mod inspect_props;
+mod limits;
+mod observer;
+mod ops;
+mod sim;
+mod traces;
+mod traces_export;
+mod upstream;

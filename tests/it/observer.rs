@@ -1,0 +1,325 @@
+//! The observer against vLLM 0.32's own captures: every fixture stream split at every byte
+//! boundary and in random chunkings must give the same bytes to the client and the same
+//! measurements.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use weir::metrics::{Metrics, Operation};
+
+use crate::common::prom::value;
+use weir::observe::{Exchange, ObservedBody};
+use weir::trace::RequestTrace;
+use weir_sse::{SseParser, classify};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vllm-0.32.0")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const STREAMS: [&str; 4] = [
+    "chat_stream_usage.sse",
+    "chat_stream_continuous_usage.sse",
+    "chat_stream_no_usage.sse",
+    "completions_stream.sse",
+];
+
+/// What the parser makes of a stream, independent of how it was chunked.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    events: usize,
+    content: usize,
+    usage: Option<(u64, u64)>,
+    finished: Vec<String>,
+    done: bool,
+    invalid: usize,
+    data: Vec<Vec<u8>>,
+}
+
+fn summarise(chunks: &[&[u8]]) -> Summary {
+    let mut p = SseParser::default();
+    let mut s = Summary {
+        events: 0,
+        content: 0,
+        usage: None,
+        finished: vec![],
+        done: false,
+        invalid: 0,
+        data: vec![],
+    };
+    for c in chunks {
+        p.feed(c, |e| {
+            let i = classify(e.data);
+            s.events += 1;
+            s.content += usize::from(i.content);
+            if let Some(u) = i.usage {
+                s.usage = Some((u.prompt_tokens, u.completion_tokens));
+            }
+            s.finished
+                .extend(i.finished.iter().map(|f| f.1.to_string()));
+            s.done |= i.done;
+            s.invalid += usize::from(i.invalid);
+            s.data.push(e.data.to_vec());
+        });
+    }
+    assert!(p.at_boundary(), "stream must end on an event boundary");
+    s
+}
+
+#[test]
+fn fixtures_parse_as_vllm_sent_them() {
+    let s = summarise(&[&fixture("chat_stream_usage.sse")]);
+    assert_eq!(s.usage, Some((18, 32)));
+    assert_eq!(s.finished, ["length"]);
+    assert!(s.done);
+    assert_eq!(s.invalid, 0);
+    // Role chunk + 32 tokens (some detokenise to "") + usage chunk + [DONE].
+    assert_eq!(s.events, 35);
+    assert!(
+        s.content <= 32 && s.content >= 28,
+        "content events: {}",
+        s.content
+    );
+
+    let s = summarise(&[&fixture("chat_stream_no_usage.sse")]);
+    assert_eq!(s.usage, None);
+    assert!(s.done);
+
+    let s = summarise(&[&fixture("chat_stream_continuous_usage.sse")]);
+    assert_eq!(s.usage, Some((18, 32)));
+
+    let s = summarise(&[&fixture("completions_stream.sse")]);
+    assert_eq!(s.usage, Some((4, 16)));
+    assert!(s.content < 16, "empty text chunks are not content");
+
+    for body in ["chat_nonstream.json", "completions_nonstream.json"] {
+        let b = fixture(body);
+        let i = classify(&b);
+        assert!(i.content && !i.invalid, "{body}");
+        assert_eq!(i.finished.len(), 1);
+        assert!(i.usage.is_some());
+    }
+}
+
+#[test]
+fn every_two_way_split_gives_the_same_summary() {
+    for name in STREAMS {
+        let bytes = fixture(name);
+        let whole = summarise(&[&bytes]);
+        for at in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(summarise(&[a, b]), whole, "{name} split at {at}");
+        }
+    }
+}
+
+/// Splits `bytes` at the given cut points (sorted, deduplicated).
+fn chunk<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts {
+        out.push(&bytes[prev..c]);
+        prev = c;
+    }
+    out.push(&bytes[prev..]);
+    out
+}
+
+proptest! {
+    #[test]
+    fn random_chunkings_give_the_same_summary(which in 0usize..4, cuts in proptest::collection::vec(any::<usize>(), 0..64)) {
+        let bytes = fixture(STREAMS[which]);
+        let whole = summarise(&[&bytes]);
+        prop_assert_eq!(summarise(&chunk(&bytes, &cuts)), whole);
+    }
+
+    #[test]
+    fn crlf_and_cr_streams_parse_like_lf(which in 0usize..4, cr_only in any::<bool>(), cuts in proptest::collection::vec(any::<usize>(), 0..32)) {
+        let bytes = fixture(STREAMS[which]);
+        let eol: &[u8] = if cr_only { b"\r" } else { b"\r\n" };
+        let converted: Vec<u8> = bytes.iter().flat_map(|&b| if b == b'\n' { eol.to_vec() } else { vec![b] }).collect();
+        prop_assert_eq!(summarise(&chunk(&converted, &cuts)), summarise(&[&bytes]));
+    }
+}
+
+/// Runs chunks through the body observer as the gateway does; returns what the client got
+/// and the metrics text.
+async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
+    let metrics = Metrics::new(vec!["tiny-llama".into()]);
+    let backend: Arc<str> = "sim".into();
+    let now = tokio::time::Instant::now();
+    metrics.in_flight().inc();
+    let ex = Exchange {
+        t0: now,
+        sent: now,
+        request_id: "r".into(),
+        trace: RequestTrace::start(None, &http::HeaderMap::new(), Operation::Chat, now),
+        model: Some("tiny-llama".into()),
+        operation: Operation::Chat,
+        stream: true,
+        max_tokens: Some(32),
+        n: 1,
+        strip_usage,
+        backend: backend.clone(),
+        status: StatusCode::OK,
+        series: metrics.series(
+            &metrics.model_label(Some("tiny-llama")),
+            Operation::Chat,
+            &backend,
+        ),
+        metrics: metrics.clone(),
+        load: None,
+        timeouts: weir::config::Timeouts::default(),
+        tenant: None,
+        max_sse_line: weir_sse::DEFAULT_MAX_LINE,
+    };
+    let upstream = Chunks(chunks.into());
+    let body = ObservedBody::new(upstream, ex, Some(b"text/event-stream; charset=utf-8"));
+    let out = body
+        .collect()
+        .await
+        .expect("infallible")
+        .to_bytes()
+        .to_vec();
+    (out, String::from_utf8(metrics.render()).unwrap())
+}
+
+/// An upstream body that yields the given chunks, one frame each.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// The bytes a client that did not ask for usage must get from a stream that has it: the
+/// usage chunk removed and its `system_fingerprint` on the finish chunk, as vLLM does.
+fn without_usage(stream: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(stream).unwrap();
+    let mut events: Vec<String> = text.split_terminator("\n\n").map(str::to_string).collect();
+    let usage_at = events
+        .iter()
+        .position(|e| e.contains("\"choices\":[],\"usage\""))
+        .expect("usage chunk");
+    let usage = events.remove(usage_at);
+    let fp = usage
+        .split("\"system_fingerprint\":")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('}')
+        .to_string();
+    let finish = &mut events[usage_at - 1];
+    assert!(finish.ends_with('}'));
+    finish.pop();
+    finish.push_str(&format!(",\"system_fingerprint\":{fp}}}"));
+    events
+        .iter()
+        .flat_map(|e| [e.as_str(), "\n\n"])
+        .collect::<String>()
+        .into_bytes()
+}
+
+const LABELS: [(&str, &str); 3] = [
+    ("backend", "sim"),
+    ("gen_ai_operation_name", "chat"),
+    ("gen_ai_request_model", "tiny-llama"),
+];
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    LABELS.iter().chain(extra).copied().collect()
+}
+
+#[tokio::test]
+async fn stripping_gives_the_client_what_vllm_sends_without_usage_at_every_split() {
+    let stream = fixture("chat_stream_usage.sse");
+    let expected = without_usage(&stream);
+    // The shape matches vLLM's own capture without usage: fingerprint on the finish chunk.
+    let no_usage = fixture("chat_stream_no_usage.sse");
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b).into_owned();
+        s[s.rfind("\"finish_reason\"").unwrap()..].to_string()
+    };
+    assert_eq!(tail(&expected), tail(&no_usage));
+
+    for at in 0..=stream.len() {
+        let (a, b) = stream.split_at(at);
+        let chunks = vec![Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+        let (out, metrics) = observe(chunks, true).await;
+        assert!(
+            out == expected,
+            "split at {at}:\n{}",
+            String::from_utf8_lossy(&out)
+        );
+        if at % 61 != 0 {
+            continue;
+        }
+        // The tokens are still counted from the removed chunk.
+        assert_eq!(
+            value(
+                &metrics,
+                "weir_tokens_total",
+                &with(&[("gen_ai_token_type", "output")])
+            ),
+            32.0
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "weir_requests_total",
+                &with(&[("code", "2xx"), ("outcome", "ok")])
+            ),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_stripping_bytes_pass_unchanged_in_the_same_frames() {
+    for name in STREAMS {
+        let stream = fixture(name);
+        for at in (0..=stream.len()).step_by(7) {
+            let (a, b) = stream.split_at(at);
+            let chunks = vec![Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)];
+            let (out, metrics) = observe(chunks, false).await;
+            assert_eq!(out, stream, "{name} split at {at}");
+            let ttft_count = value(
+                &metrics,
+                "gen_ai_server_time_to_first_token_seconds_count",
+                &LABELS,
+            );
+            assert_eq!(ttft_count, 1.0, "{name}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn stripping_does_not_depend_on_chunking(cuts in proptest::collection::vec(any::<usize>(), 0..48)) {
+        let stream = fixture("chat_stream_usage.sse");
+        let chunks: Vec<Bytes> = chunk(&stream, &cuts).into_iter().map(Bytes::copy_from_slice).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (out, _) = rt.block_on(observe(chunks, true));
+        prop_assert_eq!(out, without_usage(&stream));
+    }
+}
