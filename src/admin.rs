@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use tower::service_fn;
 use tower::util::BoxCloneService;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub type AdminService = BoxCloneService<Request<Incoming>, Response<Full<Bytes>>, Infallible>;
 
@@ -33,8 +33,8 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let path = req.uri().path();
     if matches!(path, "/metrics" | "/backends") {
-        let token = crate::auth::parse_hash(&state.config().admin.token_sha256);
-        if !crate::auth::admin_allowed(token.as_ref(), req.headers()) {
+        let token = crate::config::parse_hash(&state.current().config.admin.token_sha256);
+        if !crate::keys::admin_allowed(token.as_ref(), req.headers()) {
             let mut res = reply(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
@@ -53,7 +53,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if state.pool().any_up() {
+            if state.current().pool.any_up() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(
@@ -78,9 +78,9 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
 
 /// The state of each backend, as JSON.
 fn backends(state: &AppState) -> String {
-    let config = state.config();
-    let list: Vec<_> = state
-        .pool()
+    let current = state.current();
+    let list: Vec<_> = current
+        .pool
         .backends
         .iter()
         .map(|b| {
@@ -108,5 +108,5 @@ fn backends(state: &AppState) -> String {
             })
         })
         .collect();
-    serde_json::json!({ "strategy": config.balance, "backends": list }).to_string()
+    serde_json::json!({ "strategy": current.config.balance, "backends": list }).to_string()
 }

@@ -1,10 +1,14 @@
 //! Errors the gateway answers itself (before or instead of a backend), as OpenAI-shaped JSON,
-//! each with the `weir_errors_total{kind}` it counts as.
+//! each with the outcome it records, the `weir_errors_total{kind}` it counts as and the word
+//! the access log gives as its reason. Every such response carries an [`Answer`] for the
+//! edge to record.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::metrics::ErrorKind;
+use crate::labels::{ErrorKind, Outcome};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -15,12 +19,20 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("request head is larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.")]
+    Unauthorized,
     #[error("no backend is available for this request")]
     NoBackend,
     #[error("the gateway is at its limit of requests in flight; retry shortly")]
     Overloaded,
+    #[error("too many connections to the gateway; retry shortly")]
+    TooManyConnections,
     #[error("The model `{0}` does not exist.")]
     UnknownModel(String),
     #[error("backend {backend} did not answer in time ({kind} timeout)")]
@@ -31,47 +43,107 @@ pub enum GatewayError {
     Upstream { backend: String, reason: String },
     #[error("connecting to backend {backend} timed out")]
     ConnectTimeout { backend: String },
+    #[error("internal error in the gateway")]
+    Internal,
+}
+
+/// The record of an answer the gateway gave itself: a response extension the edge reads.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// Counted in `weir_errors_total{kind}` (timeouts and load refusals have counters of
+    /// their own).
+    pub kind: Option<ErrorKind>,
+    /// A closed-set word for the access log: `unauthorized`, `body_too_large`, ...
+    pub reason: &'static str,
+    /// What the client was told (or, for a panic, what panicked).
+    pub message: Arc<str>,
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
         match self {
-            GatewayError::InvalidJson(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::ClientBody(_) => StatusCode::BAD_REQUEST,
-            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::NoBackend | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            GatewayError::Connect { .. } | GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            InvalidJson(_) | BadRequest(_) | ClientBody(_) => StatusCode::BAD_REQUEST,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NoBackend | Overloaded | TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            UnknownModel(_) => StatusCode::NOT_FOUND,
+            Connect { .. } | Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ConnectTimeout { .. } | Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// The `weir_errors_total{kind}` label; None for timeouts (`weir_timeouts_total`).
+    /// How the request ended.
+    pub fn outcome(&self) -> Outcome {
+        use GatewayError::*;
+        match self {
+            NoBackend | Overloaded | TooManyConnections | Connect { .. } => Outcome::Unavailable,
+            Upstream { .. } => Outcome::UpstreamError,
+            Timeout { kind, .. } => Outcome::Timeout(kind),
+            ConnectTimeout { .. } => Outcome::Timeout("connect"),
+            Internal => Outcome::InternalError,
+            _ => Outcome::ClientError,
+        }
+    }
+
+    /// The `weir_errors_total{kind}` label; None for timeouts (`weir_timeouts_total`) and
+    /// load refusals (`weir_rejected_total`).
     pub fn kind(&self) -> Option<ErrorKind> {
+        use GatewayError::*;
         Some(match self {
-            GatewayError::InvalidJson(_)
-            | GatewayError::BadRequest(_)
-            | GatewayError::ClientBody(_) => ErrorKind::BadRequest,
-            GatewayError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
-            GatewayError::NoBackend => ErrorKind::NoBackend,
-            GatewayError::UnknownModel(_) => ErrorKind::BadRequest,
-            GatewayError::Upstream { .. } => ErrorKind::Protocol,
-            GatewayError::Connect { .. } => ErrorKind::Connect,
-            GatewayError::ConnectTimeout { .. } | GatewayError::Timeout { .. } => return None,
-            // Counted in weir_rejected_total{reason="in_flight"}.
-            GatewayError::Overloaded => return None,
+            InvalidJson(_) | BadRequest(_) | ClientBody(_) | UnknownModel(_) => {
+                ErrorKind::BadRequest
+            }
+            HeadTooLarge { .. } | BodyTimeout(_) => ErrorKind::BadRequest,
+            BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Unauthorized => ErrorKind::Unauthorized,
+            NoBackend => ErrorKind::NoBackend,
+            Upstream { .. } => ErrorKind::Protocol,
+            Connect { .. } => ErrorKind::Connect,
+            Internal => ErrorKind::Internal,
+            ConnectTimeout { .. } | Timeout { .. } | Overloaded | TooManyConnections => {
+                return None;
+            }
         })
+    }
+
+    /// The access log's word for it.
+    pub fn reason(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            BadRequest(_) => "bad_request",
+            BodyTooLarge { .. } => "body_too_large",
+            HeadTooLarge { .. } => "head_too_large",
+            ClientBody(_) => "client_body",
+            BodyTimeout(_) => "body_timeout",
+            Unauthorized => "unauthorized",
+            NoBackend => "no_backend",
+            Overloaded => "in_flight",
+            TooManyConnections => "connections",
+            UnknownModel(_) => "unknown_model",
+            Timeout { .. } | ConnectTimeout { .. } => "timeout",
+            Connect { .. } => "connect",
+            Upstream { .. } => "upstream",
+            Internal => "panic",
+        }
     }
 
     /// OpenAI's error `type` for this status.
     fn openai_type(&self) -> &'static str {
         match self.status() {
             StatusCode::BAD_REQUEST => "BadRequestError",
+            StatusCode::REQUEST_TIMEOUT => "TimeoutError",
+            StatusCode::UNAUTHORIZED => "AuthenticationError",
             StatusCode::NOT_FOUND => "NotFoundError",
             StatusCode::PAYLOAD_TOO_LARGE => "RequestTooLargeError",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestTooLargeError",
             StatusCode::GATEWAY_TIMEOUT => "TimeoutError",
+            StatusCode::INTERNAL_SERVER_ERROR => "InternalServerError",
             _ => "ServiceUnavailableError",
         }
     }
@@ -81,18 +153,39 @@ impl GatewayError {
         openai_error_body(&self.to_string(), self.openai_type(), self.status())
     }
 
-    /// A complete response, with `content-type: application/json`.
+    /// The record of this answer; `message` for the log (the client's text when None).
+    pub fn answer(&self, message: Option<String>) -> Answer {
+        Answer {
+            outcome: self.outcome(),
+            kind: self.kind(),
+            reason: self.reason(),
+            message: message.unwrap_or_else(|| self.to_string()).into(),
+        }
+    }
+
+    /// A complete response, with `content-type: application/json` and its [`Answer`].
     pub fn response<B: From<Bytes>>(&self) -> Response<B> {
         let mut res = Response::new(B::from(self.body()));
         *res.status_mut() = self.status();
-        res.headers_mut().insert(
+        let h = res.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, GatewayError::NoBackend | GatewayError::Overloaded) {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            GatewayError::NoBackend | GatewayError::Overloaded => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::TooManyConnections => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            GatewayError::Unauthorized => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
+        res.extensions_mut().insert(self.answer(None));
         res
     }
 }
@@ -120,5 +213,20 @@ mod tests {
         assert_eq!(v["error"]["type"], "ServiceUnavailableError");
         assert!(v["error"]["message"].as_str().unwrap().contains("b1"));
         assert_eq!(e.kind(), Some(ErrorKind::Connect));
+        assert_eq!(e.outcome(), Outcome::Unavailable);
+    }
+
+    #[test]
+    fn responses_carry_their_answer() {
+        let res: Response<Bytes> = GatewayError::Unauthorized.response();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let a = res.extensions().get::<Answer>().expect("an answer");
+        assert_eq!(a.outcome, Outcome::ClientError);
+        assert_eq!(a.kind, Some(ErrorKind::Unauthorized));
+        assert_eq!(a.reason, "unauthorized");
+        let res: Response<Bytes> = GatewayError::Internal.response();
+        let a = res.extensions().get::<Answer>().unwrap();
+        assert_eq!((a.outcome, a.reason), (Outcome::InternalError, "panic"));
     }
 }

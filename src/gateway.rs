@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{self, AppState};
+use crate::app;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::state::AppState;
 use crate::{admin, health, server};
 
 /// Handle on a gateway started with [`start`].
@@ -36,6 +37,7 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
         header_read_timeout: Some(config.limits.header_read_timeout),
         max_connections: (config.limits.max_connections > 0)
             .then_some(config.limits.max_connections),
+        max_head_bytes: Some(config.limits.max_head_bytes),
         rejected: None,
     };
     let admin_opts = server::Options {
@@ -76,7 +78,7 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     tracing::info!(
         %addr,
         %admin_addr,
-        backends = state.pool().backends.len(),
+        backends = state.current().pool.backends.len(),
         runtime = flavor,
         workers = rt.metrics().num_workers(),
         "weir is serving"
@@ -124,7 +126,7 @@ impl Gateway {
         config.normalise();
         config.validate()?;
         self.state.reload(config);
-        tracing::info!(path = %path.display(), backends = self.state.pool().backends.len(), "config reloaded");
+        tracing::info!(path = %path.display(), backends = self.state.current().pool.backends.len(), "config reloaded");
         Ok(())
     }
 }

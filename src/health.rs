@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::balance::{Backend, ejection};
 use crate::config::{Health, Strategy};
 use crate::metrics::Metrics;
+use crate::state::AppState;
 
 /// Largest answer read from a backend's `/metrics` or `/v1/models`.
 const MAX_BODY: usize = 4 << 20;
@@ -23,21 +23,23 @@ const MAX_BODY: usize = 4 << 20;
 /// Runs the checks every `health.interval` until `stop` turns true.
 pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
-        let config = state.config();
-        let pool = state.pool();
-        let checks = pool.backends.iter().map(|b| {
-            let (b, config, metrics) = (b.clone(), config.clone(), state.metrics.clone());
+        let current = state.current();
+        let checks = current.pool.backends.iter().map(|b| {
+            let (b, current, metrics) = (b.clone(), current.clone(), state.metrics.clone());
             let span = tracing::info_span!("health_check", otel.kind = "client", backend = %b.name);
             tokio::spawn(
-                async move { check(&b, &config.health, config.balance, &metrics).await }
-                    .instrument(span),
+                async move {
+                    let config = &current.config;
+                    check(&b, &config.health, config.balance, &metrics).await
+                }
+                .instrument(span),
             )
         });
         for c in checks.collect::<Vec<_>>() {
             let _ = c.await;
         }
         tokio::select! {
-            _ = tokio::time::sleep(config.health.interval) => {}
+            _ = tokio::time::sleep(current.config.health.interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -4,13 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::labels::{ErrorKind, OTHER, Operation, REJECT_REASONS, RETRY_REASONS, TIMEOUT_KINDS};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// The label value for models not named in the config.
-pub const OTHER: &str = "other";
 
 pub const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
@@ -37,86 +35,8 @@ const OPERATION: &str = "gen_ai_operation_name";
 const BACKEND: &str = "backend";
 const TOKEN_TYPE: &str = "gen_ai_token_type";
 
-/// The operation a request performs, from its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    Chat,
-    TextCompletion,
-    Embeddings,
-    Other,
-}
-
-impl Operation {
-    pub fn from_path(path: &str) -> Operation {
-        match path.trim_end_matches('/') {
-            "/v1/chat/completions" => Operation::Chat,
-            "/v1/completions" => Operation::TextCompletion,
-            "/v1/embeddings" => Operation::Embeddings,
-            _ => Operation::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::TextCompletion => "text_completion",
-            Operation::Embeddings => "embeddings",
-            Operation::Other => "other",
-        }
-    }
-
-    /// Chat and completions are generations: their bodies are parsed for tokens.
-    pub fn is_generation(self) -> bool {
-        matches!(self, Operation::Chat | Operation::TextCompletion)
-    }
-}
-
-/// Closed set of `weir_errors_total{kind}` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Connect,
-    Upstream5xx,
-    StreamError,
-    Protocol,
-    BodyTooLarge,
-    BadRequest,
-    Unauthorized,
-    NoBackend,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
-        ErrorKind::Connect,
-        ErrorKind::Upstream5xx,
-        ErrorKind::StreamError,
-        ErrorKind::Protocol,
-        ErrorKind::BodyTooLarge,
-        ErrorKind::BadRequest,
-        ErrorKind::Unauthorized,
-        ErrorKind::NoBackend,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Upstream5xx => "upstream_5xx",
-            ErrorKind::StreamError => "stream_error",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::BodyTooLarge => "body_too_large",
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::Unauthorized => "unauthorized",
-            ErrorKind::NoBackend => "no_backend",
-        }
-    }
-}
-
-/// Closed set of `weir_retries_total{reason}` values.
-pub const RETRY_REASONS: [&str; 2] = ["connect", "unavailable"];
-
-/// Closed set of `weir_rejected_total{reason}` values.
-pub const REJECT_REASONS: [&str; 2] = ["connections", "in_flight"];
-
-/// Closed set of `weir_timeouts_total{kind}` values.
-pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];
+/// The `backend` label of a request no backend was picked for.
+pub const NO_BACKEND: &str = "none";
 
 /// All series, registered in their own registry.
 #[derive(Clone)]
@@ -139,6 +59,7 @@ struct Inner {
     registry: Registry,
     models: RwLock<Vec<Arc<str>>>,
     other: Arc<str>,
+    none: Arc<str>,
     retries: IntCounterVec,
     rejected: IntCounterVec,
     tenants: IntCounterVec,
@@ -216,12 +137,12 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 impl Metrics {
     /// Builds every series; `models` are the model names that get their own label value.
     pub fn new(models: Vec<String>) -> Metrics {
-        Metrics::with_slo(models, &crate::slo::SloConfig::default())
+        Metrics::with_slo(models, &crate::config::SloConfig::default())
     }
 
     /// As [`Metrics::new`], with the SLO series of `slo` and its thresholds added to the
     /// TTFT, TPOT and ITL buckets.
-    pub fn with_slo(models: Vec<String>, slo: &crate::slo::SloConfig) -> Metrics {
+    pub fn with_slo(models: Vec<String>, slo: &crate::config::SloConfig) -> Metrics {
         let ttft_buckets = crate::slo::merge_buckets(TTFT_BUCKETS, &slo.ttft_bounds());
         let itl_buckets = crate::slo::merge_buckets(TPOT_BUCKETS, &slo.itl_bounds());
         let registry = Registry::new();
@@ -232,6 +153,7 @@ impl Metrics {
             registry,
             models: RwLock::new(Vec::new()),
             other: OTHER.into(),
+            none: NO_BACKEND.into(),
             retries: counter(
                 "weir_retries_total",
                 "Requests retried on another backend, by reason.",
@@ -391,6 +313,11 @@ impl Metrics {
             known.iter().find(|k| &***k == m).cloned()
         });
         found.unwrap_or_else(|| self.inner.other.clone())
+    }
+
+    /// The `backend` label of requests no backend was picked for.
+    pub fn no_backend(&self) -> Arc<str> {
+        self.inner.none.clone()
     }
 
     /// The series of one (model, operation, backend), created on first use.

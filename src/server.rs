@@ -26,6 +26,10 @@ use tower::{Service, ServiceExt};
 
 use crate::forward::ClientAddr;
 
+/// Marks a request that came on a connection over the connection limit.
+#[derive(Debug, Clone, Copy)]
+pub struct OverConnectionLimit;
+
 /// How a listener treats its clients.
 #[derive(Clone, Default)]
 pub struct Options {
@@ -34,8 +38,13 @@ pub struct Options {
     /// A new connection's first bytes, and each HTTP/1 request head, must arrive within this
     /// long.
     pub header_read_timeout: Option<Duration>,
-    /// Open connections at most; a connection over it gets a 503 and is closed.
+    /// Open connections at most. The requests of a connection over it carry
+    /// [`OverConnectionLimit`], for the service to refuse (the gateway answers 503), and the
+    /// connection is closed after at most 5 s.
     pub max_connections: Option<usize>,
+    /// The request head size the service accepts: hyper's own buffers are made larger, so
+    /// that a head up to twice this reaches the service and is refused (and recorded) there.
+    pub max_head_bytes: Option<usize>,
     /// Counts connections refused by `max_connections`.
     pub rejected: Option<prometheus::IntCounter>,
 }
@@ -64,6 +73,12 @@ where
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(t);
+    }
+    if let Some(n) = opts.max_head_bytes {
+        builder.http1().max_buf_size((2 * n).max(16 * 1024));
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(2 * n).unwrap_or(u32::MAX));
     }
     let builders = Arc::new(Builders {
         h1: builder.clone().http1_only(),
@@ -98,7 +113,7 @@ where
                     if let Some(c) = &opts.rejected {
                         c.inc();
                     }
-                    tokio::spawn(refuse(builders.auto.clone(), stream));
+                    tokio::spawn(refuse(builders.auto.clone(), stream, service.clone(), peer));
                     continue;
                 }
             },
@@ -177,30 +192,27 @@ async fn sniff(stream: &TcpStream) -> Proto {
     }
 }
 
-/// Answers every request on an over-limit connection with a 503, then closes it.
-async fn refuse(builder: auto::Builder<TokioExecutor>, stream: tokio::net::TcpStream) {
-    let svc = tower::service_fn(|_req: Request<Incoming>| async {
-        let body = crate::error::openai_error_body(
-            "too many connections to the gateway; retry shortly",
-            "ServiceUnavailableError",
-            http::StatusCode::SERVICE_UNAVAILABLE,
-        );
-        let mut res = Response::new(http_body_util::Full::new(body));
-        *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        let h = res.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        h.insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        h.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        Ok::<_, Infallible>(res)
+/// Serves an over-limit connection for at most 5 s, its requests marked for the service to
+/// refuse.
+async fn refuse<S, B>(
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    service: S,
+    peer: std::net::SocketAddr,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let svc = service.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        req.extensions_mut().insert(OverConnectionLimit);
+        req
     });
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;

@@ -8,127 +8,13 @@
 //! its TTFT and its TPOT (the mean time per output token after the first, which is what the
 //! `itl` threshold is compared with) are both within their thresholds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::config::{SloConfig, Targets};
+use crate::labels::Outcome;
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
-use serde::Deserialize;
-
-use crate::config::ConfigError;
-use crate::observe::Outcome;
-
-/// The `[slo]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SloConfig {
-    /// Off: no SLO series are exported and the buckets are DESIGN.md's.
-    pub enabled: bool,
-    /// Time to first token a request must not exceed.
-    #[serde(with = "humantime_serde")]
-    pub ttft: Duration,
-    /// Mean inter-token latency (the request's TPOT) it must not exceed.
-    #[serde(with = "humantime_serde")]
-    pub itl: Duration,
-    /// Per-model thresholds, keyed by the `gen_ai_request_model` label value (`other`
-    /// included); unset fields take the values above.
-    pub models: BTreeMap<String, SloOverride>,
-}
-
-/// One model's thresholds.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SloOverride {
-    #[serde(default, with = "humantime_serde")]
-    pub ttft: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub itl: Option<Duration>,
-}
-
-impl Default for SloConfig {
-    fn default() -> Self {
-        SloConfig {
-            enabled: true,
-            ttft: Duration::from_millis(200),
-            itl: Duration::from_millis(50),
-            models: BTreeMap::new(),
-        }
-    }
-}
-
-/// The thresholds that apply to one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Targets {
-    pub ttft: Duration,
-    pub itl: Duration,
-}
-
-/// Longest threshold accepted: beyond every timeout a request can live.
-const MAX_THRESHOLD: Duration = Duration::from_secs(3600);
-
-impl SloConfig {
-    /// The thresholds for a model label value.
-    pub fn targets(&self, model: &str) -> Targets {
-        let o = self.models.get(model);
-        Targets {
-            ttft: o.and_then(|o| o.ttft).unwrap_or(self.ttft),
-            itl: o.and_then(|o| o.itl).unwrap_or(self.itl),
-        }
-    }
-
-    /// Checks the thresholds and model keys; the error names the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: String, reason: &str| ConfigError::Invalid {
-            field,
-            reason: reason.to_string(),
-        };
-        let check = |field: String, d: Duration| {
-            if d.is_zero() {
-                Err(invalid(field, "must be greater than 0"))
-            } else if d > MAX_THRESHOLD {
-                Err(invalid(field, "must be at most 1h"))
-            } else {
-                Ok(())
-            }
-        };
-        check("slo.ttft".into(), self.ttft)?;
-        check("slo.itl".into(), self.itl)?;
-        for (model, o) in &self.models {
-            if model.is_empty() || model.len() > 256 {
-                return Err(invalid(
-                    format!("slo.models.{model:?}"),
-                    "a model name of 1 to 256 bytes",
-                ));
-            }
-            if let Some(d) = o.ttft {
-                check(format!("slo.models.{model:?}.ttft"), d)?;
-            }
-            if let Some(d) = o.itl {
-                check(format!("slo.models.{model:?}.itl"), d)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Every TTFT threshold in seconds (none when off): extra TTFT bucket boundaries.
-    pub fn ttft_bounds(&self) -> Vec<f64> {
-        self.bounds(|t| t.ttft)
-    }
-
-    /// Every ITL threshold in seconds (none when off): extra ITL and TPOT bucket boundaries.
-    pub fn itl_bounds(&self) -> Vec<f64> {
-        self.bounds(|t| t.itl)
-    }
-
-    fn bounds(&self, pick: impl Fn(&Targets) -> Duration) -> Vec<f64> {
-        if !self.enabled {
-            return Vec::new();
-        }
-        let all =
-            std::iter::once(self.targets("")).chain(self.models.keys().map(|m| self.targets(m)));
-        all.map(|t| pick(&t).as_secs_f64()).collect()
-    }
-}
 
 /// `base` with the `extra` boundaries added where they are not boundaries already.
 pub fn merge_buckets(base: &[f64], extra: &[f64]) -> Vec<f64> {
@@ -283,6 +169,7 @@ impl Slo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SloOverride;
 
     const T: Targets = Targets {
         ttft: Duration::from_millis(200),

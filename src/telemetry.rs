@@ -17,7 +17,6 @@
 //! global subscriber that the running gateway fills in (`Telemetry::bridge_tracing`).
 
 pub mod access;
-mod config;
 mod queue;
 
 use std::sync::Mutex;
@@ -37,9 +36,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
-use crate::metrics::{Metrics, Operation};
+use crate::config::{Protocol, SamplerKind, TelemetryConfig};
+use crate::labels::Operation;
+use crate::metrics::Metrics;
 use crate::trace::RequestTrace;
-pub use config::{Protocol, SamplerKind, TelemetryConfig};
 use queue::{Dropped, QueueConfig, QueueHandle};
 
 /// The bridge from `tracing` spans to OpenTelemetry; empty until a gateway with traces on

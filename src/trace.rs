@@ -20,16 +20,15 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
 use tokio::time::Instant;
 
-use crate::metrics::Operation;
-use crate::observe::{Exchange, Measurement, Outcome};
+use crate::labels::{Operation, Outcome};
+use crate::observe::Measurement;
+use crate::record::Exchange;
 pub use w3c::inject;
 
 /// `gen_ai.provider.name` of every backend.
 const PROVIDER: &str = "vllm";
 /// Longest client- or backend-supplied string put on a span, in bytes.
 const MAX_VALUE: usize = 256;
-/// Most finish reasons put on a span (one per choice).
-const MAX_FINISH_REASONS: usize = 64;
 
 /// The trace context of one request.
 pub struct RequestTrace {
@@ -180,8 +179,8 @@ impl RequestTrace {
         if let Some(model) = ex.model.as_deref() {
             common.push(KeyValue::new("gen_ai.request.model", bounded(model)));
         }
-        if ex.operation != Operation::Other {
-            common.push(KeyValue::new("gen_ai.request.stream", ex.stream));
+        if ex.watch.operation != Operation::Other {
+            common.push(KeyValue::new("gen_ai.request.stream", ex.watch.stream));
         }
         if let Some(max) = ex.max_tokens {
             common.push(KeyValue::new("gen_ai.request.max_tokens", int(max)));
@@ -199,11 +198,11 @@ impl RequestTrace {
             common.push(KeyValue::new("gen_ai.usage.output_tokens", int(out)));
         }
         if !m.finish_reasons.is_empty() {
-            let reasons: Vec<StringValue> = m
-                .finish_reasons
-                .iter()
-                .take(MAX_FINISH_REASONS)
-                .map(|r| StringValue::from(bounded(r)))
+            let mut by_choice: Vec<&(u32, String)> = m.finish_reasons.iter().collect();
+            by_choice.sort_by_key(|(i, _)| *i);
+            let reasons: Vec<StringValue> = by_choice
+                .into_iter()
+                .map(|(_, r)| StringValue::from(bounded(r)))
                 .collect();
             common.push(KeyValue::new(
                 "gen_ai.response.finish_reasons",
@@ -213,7 +212,7 @@ impl RequestTrace {
         common.push(KeyValue::new("weir.backend", ex.backend.to_string()));
         common.push(KeyValue::new(
             "http.response.status_code",
-            i64::from(ex.status.as_u16()),
+            i64::from(ex.watch.status.as_u16()),
         ));
         if let Some(e) = error_type(ex, m, outcome) {
             common.push(KeyValue::new("error.type", e));
@@ -223,7 +222,7 @@ impl RequestTrace {
             let span = client.span();
             span.set_attributes(common.iter().cloned());
             if let (Some(t), Some(at)) = (m.first_token, first_token) {
-                let upstream_ttft = t.saturating_duration_since(ex.sent);
+                let upstream_ttft = t.saturating_duration_since(ex.watch.sent);
                 span.set_attribute(ttfc(upstream_ttft));
                 span.add_event_with_timestamp("first_token", at, Vec::new());
             }
@@ -234,14 +233,14 @@ impl RequestTrace {
         }
 
         let span = live.server.span();
-        span.update_name(span_name(ex.operation, ex.model.as_deref()));
+        span.update_name(span_name(ex.watch.operation, ex.model.as_deref()));
         span.set_attributes(common);
         span.set_attribute(KeyValue::new("weir.outcome", outcome.as_str()));
         if let Outcome::Timeout(kind) = outcome {
             span.set_attribute(KeyValue::new("weir.timeout", kind));
         }
         if let (Some(t), Some(at)) = (m.first_token, first_token) {
-            span.set_attribute(ttfc(t.saturating_duration_since(ex.t0)));
+            span.set_attribute(ttfc(t.saturating_duration_since(ex.watch.t0)));
             span.add_event_with_timestamp("first_token", at, Vec::new());
         }
         if let Some(p50) = s.itl_p50_ms {
@@ -283,8 +282,9 @@ fn error_type(ex: &Exchange, m: &Measurement, outcome: Outcome) -> Option<String
         Outcome::Timeout(_) => "timeout",
         Outcome::Cancelled => "cancelled",
         Outcome::Unavailable => "unavailable",
-        Outcome::ClientError | Outcome::UpstreamError if !ex.status.is_success() => {
-            return Some(ex.status.as_str().to_string());
+        Outcome::InternalError => "internal_error",
+        Outcome::ClientError | Outcome::UpstreamError if !ex.watch.status.is_success() => {
+            return Some(ex.watch.status.as_str().to_string());
         }
         Outcome::UpstreamError if m.stream_error => "stream_error",
         Outcome::UpstreamError | Outcome::ClientError => "protocol",

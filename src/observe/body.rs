@@ -1,6 +1,7 @@
 //! The response body wrapper: passes every frame on as it comes (no copy, no channel), feeds
 //! the SSE parser on the way, and finishes the measurement exactly once — at the end of the
-//! body, on an upstream error, or in `Drop` when the client went away (`cancelled`).
+//! body, on an upstream error or a deadline, or in `Drop` when the client went away
+//! (`cancelled`). A response with nothing to send is finished when it is wrapped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -10,14 +11,14 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use weir_sse::{self as sse, SseParser};
+
+use super::strip::Strip;
+use super::{Measurement, Recorder};
+use crate::labels::{Operation, Outcome};
 
 /// Errors passed to the client's connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-use super::strip::Strip;
-use super::{Exchange, Measurement, Outcome, record};
-use crate::metrics::ErrorKind;
-use weir_sse::{self as sse, SseParser};
 
 /// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
 /// unmeasured.
@@ -25,19 +26,19 @@ const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 pin_project! {
     /// A response body under observation.
-    pub struct ObservedBody<B> {
+    pub struct ObservedBody<B, R: Recorder> {
         #[pin]
         inner: B,
-        observer: Option<Box<Observer>>,
+        observer: Option<Box<Observer<R>>>,
         // Bytes held back by usage stripping were flushed after the inner body ended.
         ended: bool,
     }
 
-    impl<B> PinnedDrop for ObservedBody<B> {
+    impl<B, R: Recorder> PinnedDrop for ObservedBody<B, R> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(obs) = this.project().observer.take() {
                 let outcome = if obs.meas.done { obs.final_outcome() } else { Outcome::Cancelled };
-                obs.finish(outcome);
+                (*obs).finish(outcome);
             }
         }
     }
@@ -57,8 +58,8 @@ enum Mode {
 }
 
 /// The observer's state, finished exactly once.
-pub struct Observer {
-    ex: Exchange,
+struct Observer<R> {
+    rec: R,
     meas: Measurement,
     mode: Mode,
     /// When the last frame arrived (the response head at first): the idle timeout's start.
@@ -66,19 +67,24 @@ pub struct Observer {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<B> ObservedBody<B> {
-    /// Wraps `inner`; `content_type` of the response decides how it is parsed.
-    pub fn new(inner: B, ex: Exchange, content_type: Option<&[u8]>) -> Self {
+impl<B: Body, R: Recorder> ObservedBody<B, R> {
+    /// Wraps `inner`; `content_type` of the response decides how it is parsed. When the
+    /// client gets no body (`nothing_to_send`: a HEAD request, a 204 or 304, an empty body),
+    /// the request is finished here.
+    pub fn new(inner: B, rec: R, content_type: Option<&[u8]>, nothing_to_send: bool) -> Self {
+        let w = rec.watch();
         let is = |p: &[u8]| {
             content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))
         };
-        let mode = if ex.operation.is_generation() && is(b"text/event-stream") {
-            let strip = ex.strip_usage.then(|| Strip::new(ex.n));
+        let mode = if w.answered.is_some() {
+            Mode::Plain
+        } else if w.operation.is_generation() && is(b"text/event-stream") {
+            let strip = w.strip_usage.then(|| Strip::new(w.n));
             Mode::Sse {
-                parser: SseParser::new(ex.max_sse_line),
+                parser: SseParser::new(w.max_sse_line),
                 strip,
             }
-        } else if ex.operation != crate::metrics::Operation::Other && is(b"application/json") {
+        } else if w.operation != Operation::Other && is(b"application/json") {
             Mode::Json {
                 frames: Vec::new(),
                 len: 0,
@@ -86,25 +92,45 @@ impl<B> ObservedBody<B> {
         } else {
             Mode::Plain
         };
+        let obs = Box::new(Observer {
+            last_frame: Instant::now(),
+            timer: None,
+            rec,
+            meas: Measurement::default(),
+            mode,
+        });
+        let ended = nothing_to_send || inner.is_end_stream();
+        let observer = if ended {
+            let outcome = obs.final_outcome();
+            (*obs).finish(outcome);
+            None
+        } else {
+            Some(obs)
+        };
         ObservedBody {
             inner,
-            observer: Some(Box::new(Observer {
-                last_frame: Instant::now(),
-                timer: None,
-                ex,
-                meas: Measurement::default(),
-                mode,
-            })),
+            observer,
+            ended,
+        }
+    }
+}
+
+impl<B, R: Recorder> ObservedBody<B, R> {
+    /// Passes `inner` on without observing it.
+    pub fn unobserved(inner: B) -> Self {
+        ObservedBody {
+            inner,
+            observer: None,
             ended: false,
         }
     }
 }
 
-impl Observer {
+impl<R: Recorder> Observer<R> {
     /// Takes in one data frame; returns what goes to the client (None: nothing yet).
     fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
         let Observer {
-            ex,
+            rec,
             meas,
             mode,
             last_frame,
@@ -125,31 +151,30 @@ impl Observer {
             }
             Mode::Sse { parser, strip } => {
                 let base = parser.offset();
-                let series = &ex.series;
                 let mut actions = Vec::new();
                 let holding = strip.as_ref().is_some_and(|s| s.held.is_some());
                 parser.feed(&chunk, |e| {
                     let info = sse::classify(e.data);
-                    meas.on_event(&info, now, series);
+                    if let Some(gap) = meas.on_event(&info, now) {
+                        rec.gap(gap);
+                    }
                     if let Some(s) = strip.as_mut() {
                         s.decide(&e, &info, holding, &mut actions);
                     }
                 });
                 meas.degraded |= parser.degraded;
-                match strip {
-                    None => Some(chunk),
-                    Some(s) => {
-                        let out = s.apply(chunk, base, parser.release_limit(), actions);
-                        if s.pending.len() > 2 * ex.max_sse_line {
-                            // An event too long to hold: give up stripping, lose nothing.
-                            meas.degraded = true;
-                            let rest = s.flush();
-                            *strip = None;
-                            return join(out, rest);
-                        }
-                        out
-                    }
+                let Some(s) = strip.as_mut() else {
+                    return Some(chunk);
+                };
+                let out = s.apply(chunk, base, parser.release_limit(), actions);
+                if s.pending.len() > 2 * rec.watch().max_sse_line {
+                    // An event too long to hold: give up stripping, lose nothing.
+                    meas.degraded = true;
+                    let rest = s.flush();
+                    *strip = None;
+                    return join(out, rest);
                 }
+                out
             }
         }
     }
@@ -167,19 +192,23 @@ impl Observer {
     /// generation answered with something other than an event stream: the backend failed
     /// even though its status said 2xx.
     fn final_outcome(&self) -> Outcome {
-        let base = Outcome::from_status(self.ex.status);
+        let w = self.rec.watch();
+        if let Some(answered) = w.answered {
+            return answered;
+        }
+        let base = Outcome::from_status(w.status);
         if base != Outcome::Ok {
             return base;
         }
         let m = &self.meas;
         let failed = match &self.mode {
             Mode::Sse { .. } => m.stream_error || !m.done || m.invalid_events > 0,
-            _ => self.ex.stream && self.ex.operation.is_generation(),
+            _ => w.stream && w.operation.is_generation(),
         };
         if failed { Outcome::UpstreamError } else { base }
     }
 
-    fn finish(mut self: Box<Self>, outcome: Outcome) {
+    fn finish(mut self, outcome: Outcome) {
         let end = Instant::now();
         if let Mode::Json { frames, len } = &mut self.mode {
             let body = match frames.len() {
@@ -192,27 +221,11 @@ impl Observer {
                 }
             };
             if !body.is_empty() {
-                let info = sse::classify(&body);
-                self.meas.usage = info.usage;
-                self.meas.response_model = info.model.map(|m| m.into_owned());
-                self.meas.finish_reasons = info
-                    .finished
-                    .into_iter()
-                    .map(|(_, r)| r.into_owned())
-                    .collect();
+                self.meas.on_body(&sse::classify(&body));
             }
         }
-        let metrics = &self.ex.metrics;
-        if outcome == Outcome::UpstreamError && self.ex.status.is_success() {
-            if self.meas.stream_error {
-                metrics.error(ErrorKind::StreamError);
-            } else {
-                metrics.error(ErrorKind::Protocol);
-            }
-        } else if self.meas.invalid_events > 0 || self.meas.degraded {
-            metrics.error(ErrorKind::Protocol);
-        }
-        record(&self.ex, &self.meas, outcome, end);
+        let Observer { rec, meas, .. } = self;
+        rec.finish(&meas, outcome, end);
     }
 }
 
@@ -228,10 +241,11 @@ fn join(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
     }
 }
 
-impl<B> Body for ObservedBody<B>
+impl<B, R> Body for ObservedBody<B, R>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    R: Recorder,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -255,12 +269,7 @@ where
                     let kind = ready!(obs.poll_deadline(cx));
                     let obs = this.observer.take().expect("observer present");
                     *this.ended = true;
-                    let message = format!("the backend sent nothing in time ({kind} timeout)");
-                    return Poll::Ready(obs.end_with_error(
-                        Outcome::Timeout(kind),
-                        &message,
-                        StatusCode::GATEWAY_TIMEOUT,
-                    ));
+                    return Poll::Ready((*obs).timed_out(kind));
                 }
             };
             match frame {
@@ -274,7 +283,7 @@ where
                         let rest = obs.flush();
                         let obs = this.observer.take().expect("observer present");
                         let outcome = obs.final_outcome();
-                        obs.finish(outcome);
+                        (*obs).finish(outcome);
                         *this.ended = true;
                         if let Some(b) = join(frame, rest) {
                             return Poll::Ready(Some(Ok(Frame::data(b))));
@@ -292,7 +301,7 @@ where
                     obs.meas.stream_error = true;
                     *this.ended = true;
                     let message = format!("the backend's stream broke: {e}");
-                    return Poll::Ready(obs.end_with_error(
+                    return Poll::Ready((*obs).end_with_error(
                         Outcome::UpstreamError,
                         &message,
                         StatusCode::BAD_GATEWAY,
@@ -302,7 +311,7 @@ where
                     let rest = obs.flush();
                     let obs = this.observer.take().expect("observer present");
                     let outcome = obs.final_outcome();
-                    obs.finish(outcome);
+                    (*obs).finish(outcome);
                     *this.ended = true;
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
@@ -332,18 +341,19 @@ where
 #[error("{0}")]
 pub struct StreamAborted(String);
 
-impl Observer {
+impl<R: Recorder> Observer<R> {
     /// The next deadline: first token (streams, until it came), idle since the last frame,
     /// and the total.
     fn deadline(&self) -> (Instant, &'static str) {
-        let t = &self.ex.timeouts;
+        let w = self.rec.watch();
+        let t = &w.timeouts;
         let mut d = (self.last_frame + t.idle, "idle");
-        let total = self.ex.t0 + t.total;
+        let total = w.t0 + t.total;
         if total <= d.0 {
             d = (total, "total");
         }
         if self.meas.first_token.is_none() && matches!(self.mode, Mode::Sse { .. }) {
-            let first = self.ex.sent + t.first_token;
+            let first = w.sent + t.first_token;
             if first <= d.0 {
                 d = (first, "first_token");
             }
@@ -370,10 +380,19 @@ impl Observer {
         }
     }
 
+    fn timed_out(self, kind: &'static str) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let message = format!("the backend sent nothing in time ({kind} timeout)");
+        self.end_with_error(
+            Outcome::Timeout(kind),
+            &message,
+            StatusCode::GATEWAY_TIMEOUT,
+        )
+    }
+
     /// Ends the response early: an event stream gets what was held back, an error event
     /// and `[DONE]`, and ends cleanly; any other body is cut with an error.
     fn end_with_error(
-        mut self: Box<Self>,
+        mut self,
         outcome: Outcome,
         message: &str,
         status: StatusCode,
@@ -399,7 +418,7 @@ impl Observer {
             }
             _ => None,
         };
-        tracing::debug!(request_id = %self.ex.request_id, message, "response ended early");
+        tracing::debug!(message, "response ended early");
         self.finish(outcome);
         match tail {
             Some(b) => Some(Ok(Frame::data(b))),

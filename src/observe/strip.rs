@@ -71,7 +71,8 @@ impl Strip {
             out.push(Action::Release { start: e.start });
         }
         for (index, _) in &info.finished {
-            if !self.finished.contains(index) {
+            // Only the choices asked for: a backend's other indexes cannot grow the list.
+            if *index < self.n && !self.finished.contains(index) {
                 self.finished.push(*index);
             }
         }

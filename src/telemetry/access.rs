@@ -39,6 +39,12 @@ pub struct AccessLine<'a> {
     pub outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<&'a str>,
+    /// Why the gateway answered itself (`unauthorized`, `body_too_large`, `panic`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// What it told the client then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -219,6 +225,8 @@ mod tests {
             status: 200,
             outcome: "ok",
             timeout: None,
+            reason: None,
+            error: None,
             ttft_ms: Some(21.5),
             tpot_ms: None,
             itl_p50_ms: None,
@@ -242,7 +250,14 @@ mod tests {
         assert_eq!(keys[..4], ["timestamp", "level", "message", "trace_id"]);
         assert_eq!(keys.last(), Some(&"target"));
         // Absent values are left out, as tracing leaves out a `None`.
-        for gone in ["tenant", "timeout", "tpot_ms", "itl_p50_ms"] {
+        for gone in [
+            "tenant",
+            "timeout",
+            "reason",
+            "error",
+            "tpot_ms",
+            "itl_p50_ms",
+        ] {
             assert!(access.get(gone).is_none(), "{gone}");
         }
         assert_eq!(access["level"], "INFO");

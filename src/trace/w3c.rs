@@ -75,7 +75,7 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Operation;
+    use crate::labels::Operation;
     use crate::trace::RequestTrace;
     use tokio::time::Instant;
 

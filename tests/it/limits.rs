@@ -7,7 +7,7 @@ use crate::common::prom::value;
 use crate::common::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir::auth::KeyConfig;
+use weir::config::KeyConfig;
 use weir::gateway;
 use weir_sim::SimConfig;
 

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::StatusCode;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use weir::metrics::{Metrics, Operation};
+use weir::labels::Operation;
+use weir::metrics::Metrics;
 
 use crate::common::prom::value;
-use weir::observe::{Exchange, ObservedBody};
+use weir::observe::{ObservedBody, Watch};
+use weir::record::Exchange;
 use weir::trace::RequestTrace;
 use weir_sse::{SseParser, classify};
 
@@ -163,19 +164,20 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
     let backend: Arc<str> = "sim".into();
     let now = tokio::time::Instant::now();
     metrics.in_flight().inc();
+    let mut watch = Watch::new(
+        now,
+        Operation::Chat,
+        weir::config::Timeouts::default(),
+        weir_sse::DEFAULT_MAX_LINE,
+    );
+    (watch.stream, watch.strip_usage) = (true, strip_usage);
     let ex = Exchange {
-        t0: now,
-        sent: now,
+        watch,
         request_id: "r".into(),
         trace: RequestTrace::start(None, &http::HeaderMap::new(), Operation::Chat, now),
         model: Some("tiny-llama".into()),
-        operation: Operation::Chat,
-        stream: true,
         max_tokens: Some(32),
-        n: 1,
-        strip_usage,
         backend: backend.clone(),
-        status: StatusCode::OK,
         series: metrics.series(
             &metrics.model_label(Some("tiny-llama")),
             Operation::Chat,
@@ -183,12 +185,16 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         ),
         metrics: metrics.clone(),
         load: None,
-        timeouts: weir::config::Timeouts::default(),
         tenant: None,
-        max_sse_line: weir_sse::DEFAULT_MAX_LINE,
+        answer: None,
     };
     let upstream = Chunks(chunks.into());
-    let body = ObservedBody::new(upstream, ex, Some(b"text/event-stream; charset=utf-8"));
+    let body = ObservedBody::new(
+        upstream,
+        ex,
+        Some(b"text/event-stream; charset=utf-8"),
+        false,
+    );
     let out = body
         .collect()
         .await

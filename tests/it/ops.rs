@@ -10,7 +10,7 @@ use crate::common::ops::{self, stack, tool};
 use crate::common::prom::value;
 use crate::common::*;
 use weir::config::Config;
-use weir::slo::SloOverride;
+use weir::config::SloOverride;
 use weir_sim::SimConfig;
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use http::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use weir::config::Config;
+use weir::config::{Protocol, TelemetryConfig};
 use weir::gateway::{self, Gateway};
-use weir::telemetry::{Protocol, TelemetryConfig};
 use weir_sim::SimConfig;
 
 /// A gateway in front of `sim` exporting to `collector`.

@@ -13,8 +13,8 @@ use crate::common::prom::sum;
 use crate::common::*;
 use http::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use weir::config::TelemetryConfig;
 use weir::gateway;
-use weir::telemetry::TelemetryConfig;
 use weir_sim::SimConfig;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");

@@ -1,0 +1,89 @@
+//! The config's own tests: the shipped file, field names in errors, overrides.
+
+use super::*;
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/weir.toml");
+    let c = Config::load(&path).expect("config/weir.toml must validate");
+    let d = Config::default();
+    // The shipped file documents every option at its default.
+    assert_eq!(c.listen, d.listen);
+    assert_eq!(c.admin_listen, d.admin_listen);
+    assert_eq!(c.timeouts.connect, d.timeouts.connect);
+    assert_eq!(c.timeouts.pool_idle, d.timeouts.pool_idle);
+    assert_eq!(c.timeouts.first_token, d.timeouts.first_token);
+    assert_eq!(c.timeouts.idle, d.timeouts.idle);
+    assert_eq!(c.timeouts.total, d.timeouts.total);
+    assert_eq!(c.balance, d.balance);
+    assert_eq!(c.slo, d.slo);
+    assert_eq!(c.health.interval, d.health.interval);
+    assert_eq!(c.health.timeout, d.health.timeout);
+    assert_eq!(c.health.unhealthy_threshold, d.health.unhealthy_threshold);
+    assert_eq!(c.health.healthy_threshold, d.health.healthy_threshold);
+    assert_eq!(c.health.passive_failures, d.health.passive_failures);
+    assert_eq!(c.health.ejection_base, d.health.ejection_base);
+    assert_eq!(c.health.ejection_max, d.health.ejection_max);
+    assert_eq!(c.retries.enabled, d.retries.enabled);
+    assert_eq!(c.limits.max_request_body, d.limits.max_request_body);
+    assert_eq!(c.limits.header_read_timeout, d.limits.header_read_timeout);
+    assert_eq!(c.limits.max_head_bytes, d.limits.max_head_bytes);
+    assert_eq!(c.limits.body_read_timeout, d.limits.body_read_timeout);
+    assert_eq!(c.limits.max_connections, d.limits.max_connections);
+    assert_eq!(c.limits.max_in_flight, d.limits.max_in_flight);
+    assert_eq!(c.limits.max_sse_line, d.limits.max_sse_line);
+    assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
+    assert_eq!(c.shutdown_grace, d.shutdown_grace);
+    assert_eq!(c.telemetry, d.telemetry);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let bad = r#"
+        [[backends]]
+        url = "http://127.0.0.1:8000"
+        [[backends]]
+        url = "ftp://x"
+    "#;
+    let mut c = Config::parse(bad).unwrap();
+    c.normalise();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("backends[1].url"), "{err}");
+
+    let err = Config::parse("listen = \"127.0.0.1:1\"\nlisten_typo = 1").unwrap_err();
+    assert!(err.contains("listen_typo"), "{err}");
+
+    let err = Config::parse("[timeouts]\nconnect = \"three seconds\"").unwrap_err();
+    assert!(err.contains("connect"), "{err}");
+}
+
+#[test]
+fn per_backend_overrides_and_strategy() {
+    let text = r#"
+        balance = "queue-aware"
+        [timeouts]
+        idle = "5s"
+        [[backends]]
+        url = "http://127.0.0.1:8000"
+        weight = 3
+        timeouts = { first_token = "250ms" }
+    "#;
+    let mut c = Config::parse(text).unwrap();
+    c.normalise();
+    c.validate().unwrap();
+    assert_eq!(c.balance, Strategy::QueueAware);
+    let t = c.timeouts.with(&c.backends[0].timeouts);
+    assert_eq!(t.first_token, Duration::from_millis(250));
+    assert_eq!(t.idle, Duration::from_secs(5));
+    assert_eq!(c.backends[0].weight, 3);
+    c.backends[0].timeouts.total = Some(Duration::ZERO);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("backends[0].timeouts.total"), "{err}");
+}
+
+#[test]
+fn backend_name_defaults_to_authority() {
+    let mut c = Config::parse("[[backends]]\nurl = \"http://10.0.0.1:8000/\"").unwrap();
+    c.normalise();
+    assert_eq!(c.backends[0].name, "10.0.0.1:8000");
+}

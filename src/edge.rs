@@ -1,0 +1,146 @@
+//! The edge: the recording layer around the whole proxy stack. Every request the proxy
+//! listener parses gets its record here, at its head (`t0`, request id, trace context, the
+//! config it will work with), and is recorded exactly once however it ends:
+//!
+//! - answered by a backend: the response body is observed, and the record finished when
+//!   the body ends, breaks, times out or is dropped;
+//! - answered by the gateway (a gate's refusal, a failed upstream call, a caught panic): the
+//!   response's [`Answer`] says how it ended; its body is observed like any other;
+//! - the client leaves before the response head: recorded `cancelled` with status 499
+//!   (nothing was sent), with whatever the stack had learnt by then.
+//!
+//! The record travels in the request's extensions as a [`Ledger`]; a layer that takes the
+//! exchange out puts it back before it returns or when it is dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Method, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::error::Answer;
+use crate::observe::ObservedBody;
+use crate::record::{Exchange, Ledger};
+use crate::state::AppState;
+
+/// Adds [`Record`] around a service.
+#[derive(Clone)]
+pub struct RecordLayer {
+    state: Arc<AppState>,
+}
+
+impl RecordLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        RecordLayer { state }
+    }
+}
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Records every request that passes through it.
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Record<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
+    RB: http_body::Body,
+{
+    type Response = Response<ObservedBody<RB, Exchange>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let t0 = Instant::now();
+        let shared = self.state.current();
+        let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, t0));
+        let head = req.method() == Method::HEAD;
+        req.extensions_mut().insert(ledger.clone());
+        req.extensions_mut().insert(shared);
+        ResponseFuture {
+            inner: Some(self.inner.call(req)),
+            ledger: Some(ledger),
+            head,
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future; the record of its request until the response head.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        ledger: Option<Ledger>,
+        head: bool,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // The inner future first: a layer holding the exchange gives it back.
+            this.inner.set(None);
+            if let Some(ex) = this.ledger.take().and_then(|l| l.take()) {
+                ex.cancelled();
+            }
+        }
+    }
+}
+
+impl<F, RB> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, Infallible>>,
+    RB: http_body::Body,
+{
+    type Output = Result<Response<ObservedBody<RB, Exchange>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        let Ok(mut res) = ready!(inner.poll(cx));
+        this.inner.set(None);
+        let ex = this.ledger.take().and_then(|l| l.take());
+        let Some(mut ex) = ex else {
+            // Taken and never given back: a bug in a layer. The response still goes out.
+            tracing::error!("a request's record was lost before its response");
+            return Poll::Ready(Ok(res.map(ObservedBody::unobserved)));
+        };
+        if let Some(answer) = res.extensions_mut().remove::<Answer>() {
+            ex.answered(answer);
+        }
+        let status = res.status();
+        ex.watch.status = status;
+        let nothing_to_send = *this.head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let (parts, body) = res.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        let body = ObservedBody::new(body, ex, content_type, nothing_to_send);
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}

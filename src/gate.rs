@@ -1,0 +1,196 @@
+//! Gates: checks a request must pass before it goes further in, each a tower layer that
+//! answers a refusal at once (an OpenAI-shaped error carrying its [`Answer`]) and lets
+//! everything else through untouched. The edge records refusals like any other request.
+//!
+//! - [`Admission`]: the gateway's own limits (connections, request head size, requests in
+//!   flight, a declared body over the limit), cheapest first;
+//! - [`ApiKeys`]: the client's API key, when keys are configured: the tenant is noted on the
+//!   request's record and the key removed, so it never reaches a backend, a log or a span.
+//!
+//! Each check reads the config the request started with (the edge's `Shared`).
+//!
+//! [`Answer`]: crate::error::Answer
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::error::GatewayError;
+use crate::labels::Operation;
+use crate::metrics::Metrics;
+use crate::record::Ledger;
+use crate::server::OverConnectionLimit;
+use crate::state::Shared;
+
+/// A check made on a request before it goes on.
+pub trait Check {
+    /// Lets the request on (changed if need be) or refuses it.
+    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError>;
+}
+
+/// Adds a [`Gate`] with `check` to a service.
+#[derive(Clone)]
+pub struct GateLayer<C> {
+    check: C,
+}
+
+impl<C> GateLayer<C> {
+    pub fn new(check: C) -> Self {
+        GateLayer { check }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for GateLayer<C> {
+    type Service = Gate<S, C>;
+    fn layer(&self, inner: S) -> Gate<S, C> {
+        Gate {
+            inner,
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// Refuses what its check refuses; passes the rest to `inner`.
+#[derive(Clone)]
+pub struct Gate<S, C> {
+    inner: S,
+    check: C,
+}
+
+impl<S, C, B, RB> Service<Request<B>> for Gate<S, C>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    C: Check,
+{
+    type Response = Response<Either<RB, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let verdict = match req.extensions().get::<Arc<Shared>>().cloned() {
+            Some(shared) => self.check.check(&mut req, &shared),
+            // Only the edge puts the state in: a stack assembled without it is a bug.
+            None => Err(GatewayError::Internal),
+        };
+        match verdict {
+            Ok(()) => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+            },
+            Err(e) => ResponseFuture::Refused {
+                response: Some(e.response()),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future, or the refusal given without calling it.
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        Inner { #[pin] fut: F },
+        Refused { response: Option<Response<Full<Bytes>>> },
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<Either<RB, Full<Bytes>>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Inner { fut } => fut.poll(cx).map(|r| r.map(|res| res.map(Either::Left))),
+            Proj::Refused { response } => {
+                let res = response
+                    .take()
+                    .unwrap_or_else(|| GatewayError::Internal.response());
+                Poll::Ready(Ok(res.map(Either::Right)))
+            }
+        }
+    }
+}
+
+/// The gateway's own limits, before anything is read of the body.
+#[derive(Clone)]
+pub struct Admission {
+    pub metrics: Metrics,
+}
+
+impl Check for Admission {
+    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError> {
+        if req.extensions().get::<OverConnectionLimit>().is_some() {
+            return Err(GatewayError::TooManyConnections);
+        }
+        let limits = &shared.config.limits;
+        let head = head_size(req);
+        if head > limits.max_head_bytes {
+            return Err(GatewayError::HeadTooLarge {
+                limit: limits.max_head_bytes,
+            });
+        }
+        let max = limits.max_in_flight;
+        if max > 0 && self.metrics.in_flight().get() > max as i64 {
+            self.metrics.rejected("in_flight").inc();
+            return Err(GatewayError::Overloaded);
+        }
+        // A body that is read whole (the measured endpoints) and says it is too large is
+        // refused before a byte of it is read.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let buffered = req.method() == Method::POST
+            && Operation::from_path(req.uri().path()) != Operation::Other;
+        if buffered && declared.is_some_and(|n| n > limits.max_request_body as u64) {
+            return Err(GatewayError::BodyTooLarge {
+                limit: limits.max_request_body,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The request head's size as it came: request line and header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    req.method().as_str().len() + uri + 12 + headers
+}
+
+/// The client's API key, when keys are configured.
+#[derive(Clone, Copy)]
+pub struct ApiKeys;
+
+impl Check for ApiKeys {
+    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError> {
+        let Some(keys) = &shared.keys else {
+            return Ok(());
+        };
+        let tenant = keys
+            .check(req.headers())
+            .ok_or(GatewayError::Unauthorized)?;
+        req.headers_mut().remove(header::AUTHORIZATION);
+        req.headers_mut().remove("x-api-key");
+        if let Some(ledger) = req.extensions().get::<Ledger>() {
+            ledger.with(|ex| ex.tenant = Some(tenant));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! Recording, at the end of the flow: what is known of a request as it goes (`Exchange`,
+//! made at the edge and filled in by the layers it passes) and the one `finish()` that turns
+//! it and what its body showed into metrics, the SLO verdict, the access-log line and the
+//! request's spans, however it ended.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tokio::time::Instant;
+
+use crate::balance::Load;
+use crate::error::Answer;
+use crate::labels::{ErrorKind, Operation, Outcome, status_class};
+use crate::metrics::{Metrics, Series};
+use crate::observe::{Measurement, Recorder, Watch};
+use crate::state::{AppState, Shared};
+use crate::telemetry::access::AccessLine;
+use crate::trace::RequestTrace;
+
+/// What is known of a request on its way: owned by whichever part of the stack has it,
+/// recorded exactly once.
+pub struct Exchange {
+    pub watch: Watch,
+    pub request_id: String,
+    pub trace: RequestTrace,
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub backend: Arc<str>,
+    pub series: Arc<Series>,
+    pub metrics: Metrics,
+    /// Counts as load on the backend until the exchange is dropped.
+    pub load: Option<Load>,
+    /// The API key's name, when auth is on and the key was good.
+    pub tenant: Option<Arc<str>>,
+    /// Set when the gateway answered itself.
+    pub answer: Option<Answer>,
+}
+
+impl Exchange {
+    /// The record of a request whose head arrived at `t0`: counted in flight from now on.
+    pub fn start<B>(state: &AppState, shared: &Shared, req: &Request<B>, t0: Instant) -> Exchange {
+        let operation = Operation::from_path(req.uri().path());
+        let metrics = &state.metrics;
+        metrics.in_flight().inc();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let config = &shared.config;
+        let none = metrics.no_backend();
+        Exchange {
+            watch: Watch::new(
+                t0,
+                operation,
+                config.timeouts.clone(),
+                config.limits.max_sse_line,
+            ),
+            request_id,
+            trace: state.telemetry.request(req.headers(), operation, t0),
+            model: None,
+            max_tokens: None,
+            series: metrics.series(&metrics.model_label(None), operation, &none),
+            backend: none,
+            metrics: metrics.clone(),
+            load: None,
+            tenant: None,
+            answer: None,
+        }
+    }
+
+    /// Takes note of the gateway's own answer: its outcome replaces what the status implies.
+    pub fn answered(&mut self, answer: Answer) {
+        self.watch.answered = Some(answer.outcome);
+        if let Some(kind) = answer.kind {
+            self.metrics.error(kind);
+        }
+        self.answer = Some(answer);
+    }
+
+    /// The client went away before the response head: nothing was sent (nginx's 499).
+    pub fn cancelled(mut self) {
+        self.watch.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        self.finish(&Measurement::default(), Outcome::Cancelled, Instant::now());
+    }
+}
+
+/// A request's record while the stack works on it: in the request's extensions, so that
+/// each layer can fill it in, and held by the edge, which records it if no one else does.
+/// Whoever takes the exchange out gives it back or finishes it.
+#[derive(Clone)]
+pub struct Ledger(Arc<Mutex<Option<Exchange>>>);
+
+impl Ledger {
+    pub fn new(ex: Exchange) -> Ledger {
+        Ledger(Arc::new(Mutex::new(Some(ex))))
+    }
+
+    pub fn take(&self) -> Option<Exchange> {
+        self.0.lock().ok()?.take()
+    }
+
+    pub fn put(&self, ex: Exchange) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(ex);
+        }
+    }
+
+    /// Changes the exchange where it is (when no one has taken it out).
+    pub fn with(&self, f: impl FnOnce(&mut Exchange)) {
+        if let Some(ex) = self.0.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+            f(ex);
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Recorder for Exchange {
+    fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    fn gap(&self, gap: Duration) {
+        self.series.itl.observe(secs(gap));
+    }
+
+    /// Every metric, the access-log line and the spans of a finished request.
+    fn finish(self, m: &Measurement, outcome: Outcome, end: Instant) {
+        let w = &self.watch;
+        let s = &self.series;
+        let e2e = end.saturating_duration_since(w.t0);
+        s.observe_duration(outcome.as_str(), secs(e2e));
+        s.count_request(outcome.as_str(), status_class(w.status));
+        self.count_errors(m, outcome);
+        if let Outcome::Timeout(kind) = outcome {
+            self.metrics.timeout(kind);
+        }
+        self.metrics.in_flight().dec();
+        if let Some(t) = &self.tenant {
+            self.metrics.tenant_request(t, outcome.as_str());
+        }
+        let figures = Figures::of(w, m, outcome, e2e);
+        figures.observe(s, w, m);
+        let finished = crate::slo::Finished {
+            streamed_generation: w.stream && w.operation.is_generation(),
+            outcome,
+            ttft: figures.ttft,
+            tpot: figures.tpot,
+            e2e,
+        };
+        self.metrics.slo().record(s.model(), &finished);
+        self.log(m, outcome, &figures);
+        let summary = crate::trace::Summary {
+            output_tokens: figures.output,
+            tokens_estimated: figures.estimated,
+            itl_p50_ms: figures.itl_p50.map(ms),
+            itl_max_ms: figures.itl_max.map(ms),
+        };
+        self.trace.finish(&self, m, outcome, end, &summary);
+    }
+}
+
+/// What `finish()` derives from the measurement, so metrics, log and spans say the same.
+struct Figures {
+    ttft: Option<Duration>,
+    tpot: Option<Duration>,
+    output: Option<u64>,
+    estimated: bool,
+    itl_p50: Option<Duration>,
+    itl_max: Option<Duration>,
+    e2e: Duration,
+}
+
+impl Figures {
+    fn of(w: &Watch, m: &Measurement, outcome: Outcome, e2e: Duration) -> Figures {
+        let ttft = m.first_token.map(|t| t.saturating_duration_since(w.t0));
+        let estimated = m.usage.is_none() && w.operation.is_generation() && w.stream;
+        let output = match m.usage {
+            Some(u) => Some(u.completion_tokens),
+            None if estimated => Some(m.content_events),
+            None => None,
+        };
+        let tpot = match (ttft, output) {
+            (Some(ttft), Some(out)) if out > 1 && outcome == Outcome::Ok => {
+                Some(e2e.saturating_sub(ttft) / u32::try_from(out - 1).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        };
+        Figures {
+            ttft,
+            tpot,
+            output,
+            estimated,
+            itl_p50: m.gaps.median(),
+            itl_max: m.gaps.max(),
+            e2e,
+        }
+    }
+
+    /// The latency and token series.
+    fn observe(&self, s: &Series, w: &Watch, m: &Measurement) {
+        if let (Some(ttft), Some(first)) = (self.ttft, m.first_token) {
+            s.ttft.observe(secs(ttft));
+            let upstream = first.saturating_duration_since(w.sent);
+            s.upstream_ttft.observe(secs(upstream));
+            s.overhead.observe(secs(ttft.saturating_sub(upstream)));
+        }
+        if let Some(u) = m.usage {
+            s.input_tokens.observe(u.prompt_tokens as f64);
+            s.input_tokens_total.inc_by(u.prompt_tokens);
+        }
+        if let Some(out) = self.output.filter(|_| w.operation.is_generation()) {
+            s.output_tokens.observe(out as f64);
+            s.output_tokens_total.inc_by(out);
+        }
+        if let Some(t) = self.tpot {
+            s.tpot.observe(secs(t));
+        }
+    }
+}
+
+impl Exchange {
+    /// `weir_errors_total` for what the body showed (the gateway's own answers were counted
+    /// when they were given).
+    fn count_errors(&self, m: &Measurement, outcome: Outcome) {
+        if self.answer.is_some() {
+            return;
+        }
+        let status = self.watch.status;
+        if status.is_server_error() {
+            self.metrics.error(ErrorKind::Upstream5xx);
+        } else if outcome == Outcome::UpstreamError && status.is_success() {
+            let kind = if m.stream_error {
+                ErrorKind::StreamError
+            } else {
+                ErrorKind::Protocol
+            };
+            self.metrics.error(kind);
+        } else if m.invalid_events > 0 || m.degraded {
+            self.metrics.error(ErrorKind::Protocol);
+        }
+    }
+
+    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures) {
+        let w = &self.watch;
+        let finish_reasons = m.finish_reasons_joined();
+        let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
+        AccessLine {
+            trace_id: hex_str(&self.trace.trace_id().to_bytes(), &mut trace_hex),
+            span_id: hex_str(&self.trace.span_id().to_bytes(), &mut span_hex),
+            request_id: &self.request_id,
+            tenant: self.tenant.as_deref(),
+            model: self.model.as_deref().unwrap_or(""),
+            model_label: self.series.model(),
+            response_model: m.response_model.as_deref(),
+            operation: w.operation.as_str(),
+            stream: w.stream,
+            max_tokens: self.max_tokens,
+            backend: &self.backend,
+            status: w.status.as_u16(),
+            outcome: outcome.as_str(),
+            timeout: match outcome {
+                Outcome::Timeout(k) => Some(k),
+                _ => None,
+            },
+            reason: self.answer.as_ref().map(|a| a.reason),
+            error: self.answer.as_ref().map(|a| &*a.message),
+            ttft_ms: f.ttft.map(ms),
+            tpot_ms: f.tpot.map(ms),
+            itl_p50_ms: f.itl_p50.map(ms),
+            itl_max_ms: f.itl_max.map(ms),
+            e2e_ms: ms(f.e2e),
+            input_tokens: m.usage.map(|u| u.prompt_tokens),
+            output_tokens: f.output,
+            tokens_estimated: f.estimated,
+            finish_reasons: &finish_reasons,
+            degraded: m.degraded,
+        }
+        .emit();
+    }
+}
+
+/// `bytes` in lower-case hex, written into `buf` (twice as long).
+fn hex_str<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
+    match hex::encode_to_slice(bytes, buf) {
+        Ok(()) => std::str::from_utf8(buf).unwrap_or_default(),
+        Err(_) => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_hex_as_traceparent_has_them() {
+        let id =
+            opentelemetry::trace::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(
+            hex_str(&id.to_bytes(), &mut buf),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(hex_str(&[0, 1, 0xff], &mut [0u8; 6]), "0001ff");
+    }
+}
