@@ -27,6 +27,15 @@ pub struct Gateway {
 
 /// Binds both listeners of a validated config and starts serving.
 pub async fn start(config: Config) -> std::io::Result<Gateway> {
+    start_with(config, app::service).await
+}
+
+/// As [`start`], with the proxy listener's stack built by `stack` (the tests use
+/// [`app::service_with`] to put a service of their own inside it).
+pub async fn start_with(
+    config: Config,
+    stack: impl FnOnce(Arc<AppState>) -> app::AppService,
+) -> std::io::Result<Gateway> {
     let listener = TcpListener::bind(config.listen).await?;
     let admin_listener = TcpListener::bind(config.admin_listen).await?;
     let addr = listener.local_addr()?;
@@ -57,7 +66,7 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
     };
     let proxy = tokio::spawn(server::run(
         listener,
-        app::service(state.clone()),
+        stack(state.clone()),
         stopped(rx.clone()),
         proxy_opts,
     ));

@@ -77,7 +77,7 @@ async fn through_the_gateway_the_numbers_agree_with_its_metrics() {
             / 24.0;
     // The client sees the gateway's TTFT plus loopback: close, never less.
     assert!(
-        r.ttft.mean >= ttft_mean - 0.001 && r.ttft.mean - ttft_mean < 0.02,
+        r.ttft.mean >= ttft_mean - 0.001 && r.ttft.mean - ttft_mean < 0.05,
         "bench {} gateway {}",
         r.ttft.mean,
         ttft_mean

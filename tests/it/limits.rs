@@ -175,17 +175,18 @@ async fn a_slow_loris_is_cut_off() {
     let mut c = gateway_config(&[sim]);
     c.limits.header_read_timeout = Duration::from_millis(300);
     let gw = gateway::start(c).await.unwrap();
+    // Taken before the connection exists: the gateway's clock for it starts later.
+    let started = tokio::time::Instant::now();
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
     // Never finish the head: the gateway closes the connection.
-    let started = tokio::time::Instant::now();
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
         .await
         .expect("closed in time");
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     let text = String::from_utf8_lossy(&buf[..n.unwrap_or(0)]).into_owned();
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
@@ -199,13 +200,13 @@ async fn a_connection_that_sends_nothing_is_cut_off() {
     let mut c = gateway_config(&[sim]);
     c.limits.header_read_timeout = Duration::from_millis(300);
     let gw = gateway::start(c).await.unwrap();
-    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let started = tokio::time::Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
         .await
         .expect("closed in time");
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(n.unwrap_or(0), 0, "closed without an answer");
 }
 
@@ -250,5 +251,72 @@ async fn connections_and_requests_over_the_limits_get_503() {
         value(&m, "weir_rejected_total", &[("reason", "connections")]),
         1.0
     );
+    // Both refusals are recorded like any other request.
+    let refused = [("outcome", "unavailable"), ("code", "5xx")];
+    wait_for_metrics(gw.admin_addr, "two recorded refusals", |m| {
+        crate::common::prom::sum(m, "weir_requests_total", &refused) == Some(2.0)
+    })
+    .await;
     drop((s1, s2));
+}
+
+/// Writes `head` (and `body`) on a fresh connection and reads the answer's status line,
+/// within 5 s.
+async fn raw_status(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn heads_too_large_slow_bodies_and_declared_huge_bodies_are_refused_and_recorded() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.limits.max_head_bytes = 2048;
+    c.limits.body_read_timeout = Duration::from_millis(300);
+    let gw = gateway::start(c).await.unwrap();
+    // A head over the limit (but within hyper's own buffer): 431.
+    let head = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
+    assert_eq!(
+        raw_status(gw.addr, &head, b"").await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // A body declared at 1 GiB: 413 from the header, before any of it is sent.
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n";
+    assert_eq!(
+        raw_status(gw.addr, head, b"").await,
+        "HTTP/1.1 413 Payload Too Large"
+    );
+    // A body that stops coming: 408 once the body deadline passes.
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    assert_eq!(
+        raw_status(gw.addr, head, b"{\"model\":").await,
+        "HTTP/1.1 408 Request Timeout"
+    );
+    let m = wait_for_metrics(gw.admin_addr, "three refusals", |m| {
+        crate::common::prom::sum(
+            m,
+            "weir_requests_total",
+            &[("outcome", "client_error"), ("code", "4xx")],
+        ) == Some(3.0)
+    })
+    .await;
+    assert_eq!(
+        value(&m, "weir_errors_total", &[("kind", "body_too_large")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "weir_errors_total", &[("kind", "bad_request")]),
+        2.0
+    );
 }

@@ -7,6 +7,7 @@ mod common;
 mod backends;
 mod bench;
 mod cli;
+mod edge;
 mod gateway;
 mod hostile;
 mod inspect_props;

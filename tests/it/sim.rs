@@ -517,7 +517,7 @@ async fn output_length_and_finish_reason_without_ignore_eos() {
 #[tokio::test]
 async fn ttft_and_itl_are_honoured() {
     let config = SimConfig {
-        ttft: Duration::from_millis(30),
+        ttft: Duration::from_millis(300),
         itl: Duration::from_millis(10),
         ..SimConfig::default()
     };
@@ -539,9 +539,9 @@ async fn ttft_and_itl_are_honoured() {
     let rest = read_events(resp.body_mut(), &mut buf, 6).await;
     assert_eq!(rest[5], "data: [DONE]");
     let total = start.elapsed();
-    assert!(total >= Duration::from_millis(70), "{total:?}");
+    assert!(total >= Duration::from_millis(340), "{total:?}");
     assert!(
-        role_at < Duration::from_millis(30),
+        role_at < Duration::from_millis(150),
         "role chunk late: {role_at:?}"
     );
     assert!(total < Duration::from_secs(3), "{total:?}");

@@ -7,7 +7,9 @@ pub mod ops;
 pub mod otlp;
 pub mod prom;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -246,4 +248,90 @@ pub async fn line_where(
     tokio::time::timeout(Duration::from_secs(20), wait)
         .await
         .unwrap_or_else(|_| panic!("no line with {field} = {value} within 20 s"))
+}
+
+/// The access-log lines written on this thread while the guard lives, as the `weir` binary
+/// writes them (same format). With `#[tokio::test]`'s one-thread runtime, the gateway's tasks
+/// run on the test's thread, so their lines are caught too.
+///
+/// One process-wide subscriber sends each line to the capture of the thread that wrote it:
+/// tracing caches per call site whether it is wanted, and a subscriber set for one thread
+/// only is not always asked when another thread recomputes that.
+pub struct AccessLog {
+    lines: Arc<Mutex<Vec<u8>>>,
+}
+
+type Captures = Mutex<HashMap<std::thread::ThreadId, Arc<Mutex<Vec<u8>>>>>;
+
+fn captures() -> &'static Captures {
+    static CAPTURES: OnceLock<Captures> = OnceLock::new();
+    CAPTURES.get_or_init(|| {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(weir::telemetry::access::LogFormat::new())
+            .with_writer(|| Sink)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(weir::telemetry::access::TARGET, tracing::Level::INFO),
+            );
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        Mutex::new(HashMap::new())
+    })
+}
+
+impl AccessLog {
+    pub fn capture() -> AccessLog {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        captures()
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id(), lines.clone());
+        AccessLog { lines }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.lines.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// The lines of the request with this `x-request-id`.
+    pub fn of(&self, request_id: &str) -> Vec<serde_json::Value> {
+        let mut lines = self.lines();
+        lines.retain(|l| l["request_id"] == request_id);
+        lines
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Ok(mut c) = captures().lock() {
+            c.remove(&std::thread::current().id());
+        }
+    }
+}
+
+/// Writes to the capture of the current thread, if it has one.
+struct Sink;
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let sink = captures()
+            .lock()
+            .unwrap()
+            .get(&std::thread::current().id())
+            .cloned();
+        if let Some(sink) = sink {
+            sink.lock().unwrap().extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
