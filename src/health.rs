@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::balance::{Backend, ejection};
+use crate::backend::Backend;
+use crate::balance::ejection;
 use crate::config::{Health, Strategy};
 use crate::metrics::Metrics;
 use crate::state::AppState;

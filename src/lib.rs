@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod demo;

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::labels::{ErrorKind, OTHER, Operation, REJECT_REASONS, RETRY_REASONS, TIMEOUT_KINDS};
+mod families;
+
+use crate::labels::{ErrorKind, OTHER, Operation};
+use families::Families;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
 
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -60,22 +62,7 @@ struct Inner {
     models: RwLock<Vec<Arc<str>>>,
     other: Arc<str>,
     none: Arc<str>,
-    retries: IntCounterVec,
-    rejected: IntCounterVec,
-    tenants: IntCounterVec,
-    ttft: HistogramVec,
-    tpot: HistogramVec,
-    itl: HistogramVec,
-    duration: HistogramVec,
-    token_usage: HistogramVec,
-    upstream_ttft: HistogramVec,
-    overhead: HistogramVec,
-    requests: IntCounterVec,
-    errors: IntCounterVec,
-    timeouts: IntCounterVec,
-    tokens: IntCounterVec,
-    in_flight: IntGauge,
-    backend_up: IntGaugeVec,
+    f: Families,
     slo: crate::slo::Slo,
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
 }
@@ -122,18 +109,6 @@ impl Series {
     }
 }
 
-fn hist(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("static histogram definition")
-}
-
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition")
-}
-
 impl Metrics {
     /// Builds every series; `models` are the model names that get their own label value.
     pub fn new(models: Vec<String>) -> Metrics {
@@ -146,142 +121,21 @@ impl Metrics {
         let ttft_buckets = crate::slo::merge_buckets(TTFT_BUCKETS, &slo.ttft_bounds());
         let itl_buckets = crate::slo::merge_buckets(TPOT_BUCKETS, &slo.itl_bounds());
         let registry = Registry::new();
-        let common = [MODEL, OPERATION, BACKEND];
-        let with = |extra: &'static str| [MODEL, OPERATION, BACKEND, extra];
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric names");
         let inner = Inner {
+            f: Families::new(&registry, &ttft_buckets, &itl_buckets),
             slo: crate::slo::Slo::new(slo, &registry),
             registry,
             models: RwLock::new(Vec::new()),
             other: OTHER.into(),
             none: NO_BACKEND.into(),
-            retries: counter(
-                "weir_retries_total",
-                "Requests retried on another backend, by reason.",
-                &["reason"],
-            ),
-            rejected: counter(
-                "weir_rejected_total",
-                "Connections and requests refused by a limit, by reason.",
-                &["reason"],
-            ),
-            tenants: counter(
-                "weir_tenant_requests_total",
-                "Finished requests by API key name and outcome.",
-                &["tenant", "outcome"],
-            ),
-            ttft: hist(
-                "gen_ai_server_time_to_first_token_seconds",
-                "Time from the request head to the first content-bearing event sent to the client.",
-                &ttft_buckets,
-                &common,
-            ),
-            tpot: hist(
-                "gen_ai_server_time_per_output_token_seconds",
-                "Per request: (e2e - TTFT) / (output tokens - 1).",
-                &itl_buckets,
-                &common,
-            ),
-            itl: hist(
-                "weir_inter_token_latency_seconds",
-                "Gap between successive content-bearing events of a request (one sample per gap).",
-                &itl_buckets,
-                &common,
-            ),
-            duration: hist(
-                "gen_ai_server_request_duration_seconds",
-                "Time from the request head to the end of the response body.",
-                DURATION_BUCKETS,
-                &with("outcome"),
-            ),
-            token_usage: hist(
-                "gen_ai_client_token_usage",
-                "Tokens per request, as reported by the backend (or estimated).",
-                TOKEN_BUCKETS,
-                &with(TOKEN_TYPE),
-            ),
-            upstream_ttft: hist(
-                "weir_upstream_time_to_first_token_seconds",
-                "Time from sending the request upstream to the first content-bearing event received.",
-                TTFT_BUCKETS,
-                &common,
-            ),
-            overhead: hist(
-                "weir_gateway_overhead_seconds",
-                "TTFT minus upstream TTFT: what the gateway added before the first token.",
-                OVERHEAD_BUCKETS,
-                &common,
-            ),
-            requests: counter(
-                "weir_requests_total",
-                "Finished requests by outcome and HTTP status class.",
-                &[MODEL, OPERATION, BACKEND, "outcome", "code"],
-            ),
-            errors: counter("weir_errors_total", "Errors by kind.", &["kind"]),
-            timeouts: counter("weir_timeouts_total", "Timeouts by kind.", &["kind"]),
-            tokens: counter(
-                "weir_tokens_total",
-                "Tokens processed, by type.",
-                &with(TOKEN_TYPE),
-            ),
-            in_flight: IntGauge::new("weir_requests_in_flight", "Requests not finished yet.")
-                .expect("static gauge definition"),
-            backend_up: IntGaugeVec::new(
-                Opts::new(
-                    "weir_backend_up",
-                    "1 when the backend is usable, 0 when not.",
-                ),
-                &[BACKEND],
-            )
-            .expect("static gauge definition"),
             series: RwLock::new(HashMap::new()),
         };
-        let r = &inner.registry;
-        for c in [
-            &inner.ttft,
-            &inner.tpot,
-            &inner.itl,
-            &inner.duration,
-            &inner.token_usage,
-            &inner.upstream_ttft,
-            &inner.overhead,
-        ] {
-            r.register(Box::new(c.clone()))
-                .expect("unique metric names");
-        }
-        for c in [
-            &inner.requests,
-            &inner.errors,
-            &inner.timeouts,
-            &inner.tokens,
-            &inner.retries,
-            &inner.rejected,
-            &inner.tenants,
-        ] {
-            r.register(Box::new(c.clone()))
-                .expect("unique metric names");
-        }
-        r.register(Box::new(inner.in_flight.clone()))
-            .expect("unique metric names");
-        r.register(Box::new(inner.backend_up.clone()))
-            .expect("unique metric names");
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("unique metric names");
-        // Closed label sets are exported from the start, so rates and ratios have a zero.
-        for k in ErrorKind::ALL {
-            inner.errors.with_label_values(&[k.as_str()]);
-        }
-        for k in TIMEOUT_KINDS {
-            inner.timeouts.with_label_values(&[k]);
-        }
-        for r in RETRY_REASONS {
-            inner.retries.with_label_values(&[r]);
-        }
-        for r in REJECT_REASONS {
-            inner.rejected.with_label_values(&[r]);
-        }
         let metrics = Metrics {
             inner: Arc::new(inner),
         };
@@ -332,7 +186,7 @@ impl Metrics {
         {
             return s;
         }
-        let i = &self.inner;
+        let i = &self.inner.f;
         let model_label: &str = model;
         let l = [model_label, op.as_str(), backend];
         let t = |x: &'static str| [model_label, op.as_str(), backend, x];
@@ -357,27 +211,32 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        self.inner.errors.with_label_values(&[kind.as_str()]).inc();
+        self.inner
+            .f
+            .errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     /// The counter of one rejection reason (handed to the server for connections).
     pub fn rejected(&self, reason: &str) -> IntCounter {
-        self.inner.rejected.with_label_values(&[reason])
+        self.inner.f.rejected.with_label_values(&[reason])
     }
 
     pub fn tenant_request(&self, tenant: &str, outcome: &str) {
         self.inner
+            .f
             .tenants
             .with_label_values(&[tenant, outcome])
             .inc();
     }
 
     pub fn retry(&self, reason: &str) {
-        self.inner.retries.with_label_values(&[reason]).inc();
+        self.inner.f.retries.with_label_values(&[reason]).inc();
     }
 
     pub fn timeout(&self, kind: &str) {
-        self.inner.timeouts.with_label_values(&[kind]).inc();
+        self.inner.f.timeouts.with_label_values(&[kind]).inc();
     }
 
     /// The SLO judge and its series.
@@ -386,11 +245,12 @@ impl Metrics {
     }
 
     pub fn in_flight(&self) -> &IntGauge {
-        &self.inner.in_flight
+        &self.inner.f.in_flight
     }
 
     pub fn set_backend_up(&self, backend: &str, up: bool) {
         self.inner
+            .f
             .backend_up
             .with_label_values(&[backend])
             .set(i64::from(up));
@@ -398,7 +258,7 @@ impl Metrics {
 
     /// Forgets a backend removed by a reload.
     pub fn remove_backend(&self, backend: &str) {
-        let _ = self.inner.backend_up.remove_label_values(&[backend]);
+        let _ = self.inner.f.backend_up.remove_label_values(&[backend]);
         if let Ok(mut m) = self.inner.series.write() {
             m.retain(|k, _| &*k.2 != backend);
         }

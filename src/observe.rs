@@ -5,6 +5,7 @@
 
 pub mod body;
 mod gaps;
+mod observer;
 mod strip;
 
 use std::time::Duration;
@@ -166,18 +167,11 @@ impl Measurement {
             .push((index, bounded(reason).to_string()));
     }
 
-    /// The finish reasons in choice order, comma-separated.
-    pub fn finish_reasons_joined(&self) -> String {
+    /// The finish reasons in choice order.
+    pub fn reasons_in_order(&self) -> Vec<&str> {
         let mut v: Vec<&(u32, String)> = self.finish_reasons.iter().collect();
         v.sort_by_key(|(i, _)| *i);
-        let mut out = String::new();
-        for (k, (_, r)) in v.into_iter().enumerate() {
-            if k > 0 {
-                out.push(',');
-            }
-            out.push_str(r);
-        }
-        out
+        v.into_iter().map(|(_, r)| r.as_str()).collect()
     }
 }
 
@@ -215,7 +209,7 @@ mod tests {
         m.on_event(&finishing(1, "length"), now);
         m.on_event(&finishing(u32::MAX, "stop"), now);
         assert_eq!(m.finish_reasons.len(), 2);
-        assert_eq!(m.finish_reasons_joined(), "stop,length");
+        assert_eq!(m.reasons_in_order(), ["stop", "length"]);
         m.on_event(&finishing(2, &"x".repeat(10_000)), now);
         assert_eq!(m.finish_reasons[2].1.len(), MAX_NAME);
     }

@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::balance::{Backend, NoPick, Pool};
+use crate::backend::Backend;
+use crate::balance::{NoPick, Pool};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientAddr};

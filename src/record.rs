@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use tokio::time::Instant;
 
-use crate::balance::Load;
+use crate::backend::Load;
 use crate::error::Answer;
 use crate::labels::{ErrorKind, Operation, Outcome, status_class};
 use crate::metrics::{Metrics, Series};
@@ -165,7 +165,13 @@ impl Recorder for Exchange {
             itl_p50_ms: figures.itl_p50.map(ms),
             itl_max_ms: figures.itl_max.map(ms),
         };
-        self.trace.finish(&self, m, outcome, end, &summary);
+        let request = crate::trace::Request {
+            watch: &self.watch,
+            model: self.model.as_deref(),
+            max_tokens: self.max_tokens,
+            backend: &self.backend,
+        };
+        self.trace.finish(&request, m, outcome, end, &summary);
     }
 }
 
@@ -252,7 +258,7 @@ impl Exchange {
 
     fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures) {
         let w = &self.watch;
-        let finish_reasons = m.finish_reasons_joined();
+        let finish_reasons = m.reasons_in_order().join(",");
         let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
         AccessLine {
             trace_id: hex_str(&self.trace.trace_id().to_bytes(), &mut trace_hex),

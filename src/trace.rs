@@ -21,14 +21,11 @@ use opentelemetry_sdk::trace::SdkTracer;
 use tokio::time::Instant;
 
 use crate::labels::{Operation, Outcome};
-use crate::observe::Measurement;
-use crate::record::Exchange;
+use crate::observe::{Measurement, Watch};
 pub use w3c::inject;
 
 /// `gen_ai.provider.name` of every backend.
 const PROVIDER: &str = "vllm";
-/// Longest client- or backend-supplied string put on a span, in bytes.
-const MAX_VALUE: usize = 256;
 
 /// The trace context of one request.
 pub struct RequestTrace {
@@ -49,7 +46,16 @@ struct Live {
     client: Option<Context>,
 }
 
-/// What `record()` derived from the measurement, so spans and log say the same.
+/// What the request's record knows of it besides the body observer's view.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub watch: &'a Watch,
+    pub model: Option<&'a str>,
+    pub max_tokens: Option<u64>,
+    pub backend: &'a str,
+}
+
+/// What the record derived from the measurement, so spans and log say the same.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
     pub output_tokens: Option<u64>,
@@ -160,7 +166,7 @@ impl RequestTrace {
     /// Puts what the request showed on its spans and ends them at `end`.
     pub fn finish(
         &self,
-        ex: &Exchange,
+        ex: &Request<'_>,
         m: &Measurement,
         outcome: Outcome,
         end: Instant,
@@ -173,73 +179,28 @@ impl RequestTrace {
             return;
         }
         let end_at = live.wall(end);
-        let first_token = m.first_token.map(|t| live.wall(t));
-        let failed = outcome != Outcome::Ok;
-        let mut common = Vec::with_capacity(12);
-        if let Some(model) = ex.model.as_deref() {
-            common.push(KeyValue::new("gen_ai.request.model", bounded(model)));
-        }
-        if ex.watch.operation != Operation::Other {
-            common.push(KeyValue::new("gen_ai.request.stream", ex.watch.stream));
-        }
-        if let Some(max) = ex.max_tokens {
-            common.push(KeyValue::new("gen_ai.request.max_tokens", int(max)));
-        }
-        if let Some(model) = m.response_model.as_deref() {
-            common.push(KeyValue::new("gen_ai.response.model", bounded(model)));
-        }
-        if let Some(u) = m.usage {
-            common.push(KeyValue::new(
-                "gen_ai.usage.input_tokens",
-                int(u.prompt_tokens),
-            ));
-        }
-        if let Some(out) = s.output_tokens {
-            common.push(KeyValue::new("gen_ai.usage.output_tokens", int(out)));
-        }
-        if !m.finish_reasons.is_empty() {
-            let mut by_choice: Vec<&(u32, String)> = m.finish_reasons.iter().collect();
-            by_choice.sort_by_key(|(i, _)| *i);
-            let reasons: Vec<StringValue> = by_choice
-                .into_iter()
-                .map(|(_, r)| StringValue::from(bounded(r)))
-                .collect();
-            common.push(KeyValue::new(
-                "gen_ai.response.finish_reasons",
-                Value::Array(Array::String(reasons)),
-            ));
-        }
-        common.push(KeyValue::new("weir.backend", ex.backend.to_string()));
-        common.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(ex.watch.status.as_u16()),
-        ));
-        if let Some(e) = error_type(ex, m, outcome) {
-            common.push(KeyValue::new("error.type", e));
-        }
-
+        let first_token = m.first_token.map(|t| (t, live.wall(t)));
+        let common = attributes(ex, m, outcome, s);
         if let Some(client) = &live.client {
             let span = client.span();
             span.set_attributes(common.iter().cloned());
-            if let (Some(t), Some(at)) = (m.first_token, first_token) {
-                let upstream_ttft = t.saturating_duration_since(ex.watch.sent);
-                span.set_attribute(ttfc(upstream_ttft));
+            if let Some((t, at)) = first_token {
+                span.set_attribute(ttfc(t.saturating_duration_since(ex.watch.sent)));
                 span.add_event_with_timestamp("first_token", at, Vec::new());
             }
-            if failed {
+            if outcome != Outcome::Ok {
                 span.set_status(Status::error(outcome.as_str()));
             }
             span.end_with_timestamp(end_at);
         }
-
         let span = live.server.span();
-        span.update_name(span_name(ex.watch.operation, ex.model.as_deref()));
+        span.update_name(span_name(ex.watch.operation, ex.model));
         span.set_attributes(common);
         span.set_attribute(KeyValue::new("weir.outcome", outcome.as_str()));
         if let Outcome::Timeout(kind) = outcome {
             span.set_attribute(KeyValue::new("weir.timeout", kind));
         }
-        if let (Some(t), Some(at)) = (m.first_token, first_token) {
+        if let Some((t, at)) = first_token {
             span.set_attribute(ttfc(t.saturating_duration_since(ex.watch.t0)));
             span.add_event_with_timestamp("first_token", at, Vec::new());
         }
@@ -253,11 +214,57 @@ impl RequestTrace {
             span.set_attribute(KeyValue::new("weir.usage.estimated", true));
         }
         // A client's own error (4xx) is not the gateway's failure (HTTP server conventions).
-        if failed && outcome != Outcome::ClientError {
+        if outcome != Outcome::Ok && outcome != Outcome::ClientError {
             span.set_status(Status::error(outcome.as_str()));
         }
         span.end_with_timestamp(end_at);
     }
+}
+
+/// The attributes both spans of a finished request carry.
+fn attributes(ex: &Request<'_>, m: &Measurement, outcome: Outcome, s: &Summary) -> Vec<KeyValue> {
+    let mut common = Vec::with_capacity(12);
+    if let Some(model) = ex.model {
+        common.push(KeyValue::new("gen_ai.request.model", bounded(model)));
+    }
+    if ex.watch.operation != Operation::Other {
+        common.push(KeyValue::new("gen_ai.request.stream", ex.watch.stream));
+    }
+    if let Some(max) = ex.max_tokens {
+        common.push(KeyValue::new("gen_ai.request.max_tokens", int(max)));
+    }
+    if let Some(model) = m.response_model.as_deref() {
+        common.push(KeyValue::new("gen_ai.response.model", bounded(model)));
+    }
+    if let Some(u) = m.usage {
+        common.push(KeyValue::new(
+            "gen_ai.usage.input_tokens",
+            int(u.prompt_tokens),
+        ));
+    }
+    if let Some(out) = s.output_tokens {
+        common.push(KeyValue::new("gen_ai.usage.output_tokens", int(out)));
+    }
+    if !m.finish_reasons.is_empty() {
+        let reasons: Vec<StringValue> = m
+            .reasons_in_order()
+            .into_iter()
+            .map(|r| StringValue::from(bounded(r)))
+            .collect();
+        common.push(KeyValue::new(
+            "gen_ai.response.finish_reasons",
+            Value::Array(Array::String(reasons)),
+        ));
+    }
+    common.push(KeyValue::new("weir.backend", ex.backend.to_string()));
+    common.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(ex.watch.status.as_u16()),
+    ));
+    if let Some(e) = error_type(ex, m, outcome) {
+        common.push(KeyValue::new("error.type", e));
+    }
+    common
 }
 
 impl Live {
@@ -276,7 +283,7 @@ fn span_name(operation: Operation, model: Option<&str>) -> String {
 
 /// `error.type`: the status code for an HTTP error, else what went wrong, in the words of
 /// `weir_errors_total{kind}` and `outcome`.
-fn error_type(ex: &Exchange, m: &Measurement, outcome: Outcome) -> Option<String> {
+fn error_type(ex: &Request<'_>, m: &Measurement, outcome: Outcome) -> Option<String> {
     let kind = match outcome {
         Outcome::Ok => return None,
         Outcome::Timeout(_) => "timeout",
@@ -300,16 +307,9 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// At most `MAX_VALUE` bytes of `s`, cut on a character boundary.
+/// A client- or backend-supplied string, cut to what a span takes.
 fn bounded(s: &str) -> String {
-    if s.len() <= MAX_VALUE {
-        return s.to_string();
-    }
-    let mut end = MAX_VALUE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::observe::bounded(s).to_string()
 }
 
 #[cfg(test)]
@@ -318,9 +318,10 @@ mod tests {
 
     #[test]
     fn long_values_are_cut_on_a_char_boundary() {
-        let s = "é".repeat(MAX_VALUE);
+        let max = crate::observe::MAX_NAME;
+        let s = "é".repeat(max);
         let b = bounded(&s);
-        assert!(b.len() <= MAX_VALUE && b.len() >= MAX_VALUE - 1);
+        assert!(b.len() <= max && b.len() >= max - 1);
         assert_eq!(span_name(Operation::Chat, Some("m")), "chat m");
         assert_eq!(span_name(Operation::Other, None), "other");
     }

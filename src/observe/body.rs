@@ -1,28 +1,22 @@
 //! The response body wrapper: passes every frame on as it comes (no copy, no channel), feeds
-//! the SSE parser on the way, and finishes the measurement exactly once — at the end of the
-//! body, on an upstream error or a deadline, or in `Drop` when the client went away
-//! (`cancelled`). A response with nothing to send is finished when it is wrapped.
+//! the observer on the way (`observer.rs`), and finishes the measurement exactly once — at
+//! the end of the body, on an upstream error or a deadline, or in `Drop` when the client went
+//! away (`cancelled`). A response with nothing to send is finished when it is wrapped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
-use weir_sse::{self as sse, SseParser};
 
-use super::strip::Strip;
-use super::{Measurement, Recorder};
-use crate::labels::{Operation, Outcome};
+use super::Recorder;
+use super::observer::{Mode, Observer, join};
+use crate::labels::Outcome;
 
 /// Errors passed to the client's connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
-/// unmeasured.
-const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 pin_project! {
     /// A response body under observation.
@@ -44,61 +38,12 @@ pin_project! {
     }
 }
 
-/// How the body is read.
-enum Mode {
-    /// An event stream: parsed event by event.
-    Sse {
-        parser: SseParser,
-        strip: Option<Strip>,
-    },
-    /// A JSON body: frames kept by reference, parsed once at the end.
-    Json { frames: Vec<Bytes>, len: usize },
-    /// Anything else: only timed.
-    Plain,
-}
-
-/// The observer's state, finished exactly once.
-struct Observer<R> {
-    rec: R,
-    meas: Measurement,
-    mode: Mode,
-    /// When the last frame arrived (the response head at first): the idle timeout's start.
-    last_frame: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
 impl<B: Body, R: Recorder> ObservedBody<B, R> {
     /// Wraps `inner`; `content_type` of the response decides how it is parsed. When the
     /// client gets no body (`nothing_to_send`: a HEAD request, a 204 or 304, an empty body),
     /// the request is finished here.
     pub fn new(inner: B, rec: R, content_type: Option<&[u8]>, nothing_to_send: bool) -> Self {
-        let w = rec.watch();
-        let is = |p: &[u8]| {
-            content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))
-        };
-        let mode = if w.answered.is_some() {
-            Mode::Plain
-        } else if w.operation.is_generation() && is(b"text/event-stream") {
-            let strip = w.strip_usage.then(|| Strip::new(w.n));
-            Mode::Sse {
-                parser: SseParser::new(w.max_sse_line),
-                strip,
-            }
-        } else if w.operation != Operation::Other && is(b"application/json") {
-            Mode::Json {
-                frames: Vec::new(),
-                len: 0,
-            }
-        } else {
-            Mode::Plain
-        };
-        let obs = Box::new(Observer {
-            last_frame: Instant::now(),
-            timer: None,
-            rec,
-            meas: Measurement::default(),
-            mode,
-        });
+        let obs = Observer::new(rec, content_type);
         let ended = nothing_to_send || inner.is_end_stream();
         let observer = if ended {
             let outcome = obs.final_outcome();
@@ -123,121 +68,6 @@ impl<B, R: Recorder> ObservedBody<B, R> {
             observer: None,
             ended: false,
         }
-    }
-}
-
-impl<R: Recorder> Observer<R> {
-    /// Takes in one data frame; returns what goes to the client (None: nothing yet).
-    fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let Observer {
-            rec,
-            meas,
-            mode,
-            last_frame,
-            ..
-        } = self;
-        let now = Instant::now();
-        *last_frame = now;
-        match mode {
-            Mode::Plain => Some(chunk),
-            Mode::Json { frames, len } => {
-                *len += chunk.len();
-                if *len <= MAX_JSON_BODY {
-                    frames.push(chunk.clone());
-                } else {
-                    frames.clear();
-                }
-                Some(chunk)
-            }
-            Mode::Sse { parser, strip } => {
-                let base = parser.offset();
-                let mut actions = Vec::new();
-                let holding = strip.as_ref().is_some_and(|s| s.held.is_some());
-                parser.feed(&chunk, |e| {
-                    let info = sse::classify(e.data);
-                    if let Some(gap) = meas.on_event(&info, now) {
-                        rec.gap(gap);
-                    }
-                    if let Some(s) = strip.as_mut() {
-                        s.decide(&e, &info, holding, &mut actions);
-                    }
-                });
-                meas.degraded |= parser.degraded;
-                let Some(s) = strip.as_mut() else {
-                    return Some(chunk);
-                };
-                let out = s.apply(chunk, base, parser.release_limit(), actions);
-                if s.pending.len() > 2 * rec.watch().max_sse_line {
-                    // An event too long to hold: give up stripping, lose nothing.
-                    meas.degraded = true;
-                    let rest = s.flush();
-                    *strip = None;
-                    return join(out, rest);
-                }
-                out
-            }
-        }
-    }
-
-    /// The body ended: bytes still held back, if any.
-    fn flush(&mut self) -> Option<Bytes> {
-        match &mut self.mode {
-            Mode::Sse { strip: Some(s), .. } => s.flush(),
-            _ => None,
-        }
-    }
-
-    /// The outcome of a body that ended cleanly.
-    /// An error event, events that are not JSON, a stream without `[DONE]`, or a streamed
-    /// generation answered with something other than an event stream: the backend failed
-    /// even though its status said 2xx.
-    fn final_outcome(&self) -> Outcome {
-        let w = self.rec.watch();
-        if let Some(answered) = w.answered {
-            return answered;
-        }
-        let base = Outcome::from_status(w.status);
-        if base != Outcome::Ok {
-            return base;
-        }
-        let m = &self.meas;
-        let failed = match &self.mode {
-            Mode::Sse { .. } => m.stream_error || !m.done || m.invalid_events > 0,
-            _ => w.stream && w.operation.is_generation(),
-        };
-        if failed { Outcome::UpstreamError } else { base }
-    }
-
-    fn finish(mut self, outcome: Outcome) {
-        let end = Instant::now();
-        if let Mode::Json { frames, len } = &mut self.mode {
-            let body = match frames.len() {
-                0 => Bytes::new(),
-                1 => frames[0].clone(),
-                _ => {
-                    let mut all = BytesMut::with_capacity(*len);
-                    frames.iter().for_each(|f| all.extend_from_slice(f));
-                    all.freeze()
-                }
-            };
-            if !body.is_empty() {
-                self.meas.on_body(&sse::classify(&body));
-            }
-        }
-        let Observer { rec, meas, .. } = self;
-        rec.finish(&meas, outcome, end);
-    }
-}
-
-fn join(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let mut m = BytesMut::with_capacity(a.len() + b.len());
-            m.extend_from_slice(&a);
-            m.extend_from_slice(&b);
-            Some(m.freeze())
-        }
-        (a, b) => a.or(b),
     }
 }
 
@@ -333,100 +163,5 @@ where
             }) => SizeHint::default(),
             _ => self.inner.size_hint(),
         }
-    }
-}
-
-/// The upstream stream ended badly and the client's cannot be ended with an error event.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StreamAborted(String);
-
-impl<R: Recorder> Observer<R> {
-    /// The next deadline: first token (streams, until it came), idle since the last frame,
-    /// and the total.
-    fn deadline(&self) -> (Instant, &'static str) {
-        let w = self.rec.watch();
-        let t = &w.timeouts;
-        let mut d = (self.last_frame + t.idle, "idle");
-        let total = w.t0 + t.total;
-        if total <= d.0 {
-            d = (total, "total");
-        }
-        if self.meas.first_token.is_none() && matches!(self.mode, Mode::Sse { .. }) {
-            let first = w.sent + t.first_token;
-            if first <= d.0 {
-                d = (first, "first_token");
-            }
-        }
-        d
-    }
-
-    /// Ready with the kind of timeout once the deadline passes. The timer is re-armed only
-    /// when it fires or the deadline moves earlier, not on every frame.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
-        loop {
-            let (at, kind) = self.deadline();
-            let sleep = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if at < sleep.deadline() {
-                sleep.as_mut().reset(at);
-            }
-            ready!(sleep.as_mut().poll(cx));
-            if Instant::now() >= at {
-                return Poll::Ready(kind);
-            }
-            sleep.as_mut().reset(at);
-        }
-    }
-
-    fn timed_out(self, kind: &'static str) -> Option<Result<Frame<Bytes>, BoxError>> {
-        let message = format!("the backend sent nothing in time ({kind} timeout)");
-        self.end_with_error(
-            Outcome::Timeout(kind),
-            &message,
-            StatusCode::GATEWAY_TIMEOUT,
-        )
-    }
-
-    /// Ends the response early: an event stream gets what was held back, an error event
-    /// and `[DONE]`, and ends cleanly; any other body is cut with an error.
-    fn end_with_error(
-        mut self,
-        outcome: Outcome,
-        message: &str,
-        status: StatusCode,
-    ) -> Option<Result<Frame<Bytes>, BoxError>> {
-        let tail = match &mut self.mode {
-            Mode::Sse { parser, strip } => {
-                let mut out = BytesMut::new();
-                if let Some(held) = strip.as_mut().and_then(Strip::flush) {
-                    out.extend_from_slice(&held);
-                }
-                if !parser.at_boundary() {
-                    out.extend_from_slice(b"\n\n");
-                }
-                let kind = if status == StatusCode::GATEWAY_TIMEOUT {
-                    "TimeoutError"
-                } else {
-                    "UpstreamError"
-                };
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&crate::error::openai_error_body(message, kind, status));
-                out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
-                Some(out.freeze())
-            }
-            _ => None,
-        };
-        tracing::debug!(message, "response ended early");
-        self.finish(outcome);
-        match tail {
-            Some(b) => Some(Ok(Frame::data(b))),
-            None => Some(Err(Box::new(StreamAborted(message.to_string())))),
-        }
-    }
-
-    fn holds_bytes(&self) -> bool {
-        matches!(&self.mode, Mode::Sse { strip: Some(s), .. } if !s.pending.is_empty())
     }
 }

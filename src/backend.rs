@@ -1,0 +1,215 @@
+//! One backend: its address, connection pool, the load the gateway puts on it and what the
+//! health checks know of it. `balance.rs` picks among them.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+use tokio::time::Instant;
+
+use crate::config::{BackendConfig, Timeouts};
+use crate::upstream::Upstream;
+
+/// One backend: its address, connection pool, load and health.
+pub struct Backend {
+    pub name: Arc<str>,
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix to put before the request's path ("" for none).
+    pub prefix: String,
+    pub weight: u32,
+    pub max_concurrency: usize,
+    pub timeouts: Timeouts,
+    /// This backend's own connection pool.
+    pub upstream: Upstream,
+    /// `Authorization` for this backend, from its `api_key_env`.
+    pub api_key: Option<http::HeaderValue>,
+    /// Models served: configured, or discovered from `/v1/models` (None: not known yet).
+    models: RwLock<Option<Arc<[String]>>>,
+    pub(crate) models_configured: bool,
+    /// Requests sent and whose response body has not ended yet.
+    outstanding: AtomicUsize,
+    pub(crate) health: Mutex<HealthState>,
+    /// Active checks say it is up.
+    pub(crate) checked_up: AtomicBool,
+    /// Passive ejection: not to be picked before this (ms since `epoch`; 0: not ejected).
+    pub(crate) ejected_until_ms: AtomicU64,
+    pub(crate) queue: QueueStats,
+    epoch: Instant,
+}
+
+/// What the active and passive checks have seen.
+#[derive(Debug, Default)]
+pub struct HealthState {
+    pub check_failures: u32,
+    pub check_successes: u32,
+    pub request_failures: u32,
+    pub ejections: u32,
+    pub last_error: Option<&'static str>,
+}
+
+/// The backend's own view of its load, scraped from its vLLM `/metrics`.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub has_metrics: AtomicBool,
+    pub waiting: AtomicU32,
+    pub running: AtomicU32,
+    /// KV-cache use in parts per million.
+    pub kv_ppm: AtomicU32,
+    /// `outstanding` when the scrape was taken: requests sent since then are not in it yet.
+    pub outstanding_at_scrape: AtomicUsize,
+}
+
+impl Backend {
+    /// Builds from a validated config entry with the global timeouts.
+    pub fn new(cfg: &BackendConfig, global: &Timeouts) -> Option<Backend> {
+        let uri: Uri = cfg.url.parse().ok()?;
+        let parts = uri.into_parts();
+        let prefix = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        let timeouts = global.with(&cfg.timeouts);
+        let models = (!cfg.models.is_empty()).then(|| Arc::from(cfg.models.clone()));
+        Some(Backend {
+            name: cfg.name.as_str().into(),
+            url: cfg.url.clone(),
+            scheme: parts.scheme?,
+            upstream: Upstream::new(
+                parts.authority.as_ref()?,
+                timeouts.connect,
+                timeouts.pool_idle,
+            ),
+            authority: parts.authority?,
+            prefix,
+            weight: cfg.weight.max(1),
+            max_concurrency: cfg.max_concurrency,
+            api_key: cfg.api_key_env.as_deref().and_then(api_key),
+            timeouts,
+            models_configured: models.is_some(),
+            models: RwLock::new(models),
+            outstanding: AtomicUsize::new(0),
+            health: Mutex::new(HealthState::default()),
+            checked_up: AtomicBool::new(true),
+            ejected_until_ms: AtomicU64::new(0),
+            queue: QueueStats::default(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The upstream URI for a request's path and query.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.prefix, path_and_query))
+            .build()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Healthy: the active checks pass and it is not ejected.
+    pub fn is_up(&self) -> bool {
+        self.checked_up.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    /// Up, and below its concurrency cap.
+    pub(crate) fn is_available(&self) -> bool {
+        self.is_up() && (self.max_concurrency == 0 || self.outstanding() < self.max_concurrency)
+    }
+
+    pub fn models(&self) -> Option<Arc<[String]>> {
+        self.models.read().ok().and_then(|m| m.clone())
+    }
+
+    pub(crate) fn set_models(&self, models: Vec<String>) {
+        if let Ok(mut m) = self.models.write() {
+            *m = Some(models.into());
+        }
+    }
+
+    /// Serves `model`: listed, or not known yet (the backend will say).
+    pub(crate) fn serves(&self, model: Option<&str>) -> Serves {
+        match (model, self.models()) {
+            (None, _) => Serves::Yes,
+            (Some(_), None) => Serves::Unknown,
+            (Some(m), Some(list)) if list.iter().any(|x| x == m) => Serves::Yes,
+            _ => Serves::No,
+        }
+    }
+
+    /// Counts a request as load on this backend until the guard is dropped (when the
+    /// response body ends).
+    pub fn load(self: &Arc<Self>) -> Load {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Load(self.clone())
+    }
+
+    /// A score for queue-aware balancing: the scraped queue plus what was sent since.
+    pub(crate) fn queue_score(&self) -> Option<(u64, u32, usize)> {
+        let q = &self.queue;
+        if !q.has_metrics.load(Ordering::Relaxed) {
+            return None;
+        }
+        let out = self.outstanding();
+        let since = out.saturating_sub(q.outstanding_at_scrape.load(Ordering::Relaxed));
+        let waiting = u64::from(q.waiting.load(Ordering::Relaxed)) + since as u64;
+        Some((waiting, q.kv_ppm.load(Ordering::Relaxed), out))
+    }
+}
+
+#[derive(PartialEq, Eq)]
+pub(crate) enum Serves {
+    Yes,
+    Unknown,
+    No,
+}
+
+/// A request's load on a backend; dropping it ends the count.
+pub struct Load(Arc<Backend>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Load({})", self.0.name)
+    }
+}
+
+/// The same backend after a reload: name, URL and settings unchanged.
+pub(crate) fn same(old: &Backend, new: &Backend, cfg: &BackendConfig) -> bool {
+    old.name == new.name
+        && old.url == new.url
+        && old.weight == new.weight
+        && old.max_concurrency == new.max_concurrency
+        && old.timeouts == new.timeouts
+        && old.models_configured != cfg.models.is_empty()
+        && (!old.models_configured || old.models().as_deref() == Some(&cfg.models[..]))
+}
+
+/// `Bearer <key>` from an environment variable (marked sensitive: never printed).
+fn api_key(var: &str) -> Option<http::HeaderValue> {
+    let key = std::env::var(var).ok().filter(|k| !k.is_empty());
+    if key.is_none() {
+        tracing::warn!(
+            var,
+            "backend api_key_env is not set: the client's Authorization is passed on"
+        );
+    }
+    let mut v = http::HeaderValue::from_str(&format!("Bearer {}", key?)).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
