@@ -9,6 +9,8 @@ neither proxy competes with the load for a core.
 
     python3 bench/overhead.py                     # defaults: 16,256,2048 streams, 3 rounds
     python3 bench/overhead.py --levels 16,256 --rounds 1 --duration 5   # quick look
+    python3 bench/overhead.py --no-build --build pool=/tmp/a/weir --build legacy=/tmp/b/weir
+                                                  # two weir builds (and nginx) in the same rounds
 """
 
 import argparse
@@ -198,7 +200,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--build", action="append", default=[],
+                    help="NAME=PATH of a weir binary to measure; repeat; default weir=target/release/weir")
     args = ap.parse_args()
+    builds = [b.split("=", 1) for b in args.build] or [["weir", WEIR]]
     levels = [int(x) for x in args.levels.split(",")]
 
     if not args.no_build:
@@ -212,41 +217,45 @@ def main():
     tmp = tempfile.mkdtemp(prefix="weir-bench-")
     procs = []
     try:
-        sim_port, weir_port, admin_port, nginx_port = free_port(), free_port(), free_port(), free_port()
+        sim_port, nginx_port = free_port(), free_port()
         sim = start([WEIR, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", args.ttft,
                      "--ttft-jitter", args.ttft_jitter,
                      "--max-num-seqs", "100000"], 0, stdout=subprocess.DEVNULL)
         procs.append(sim)
         wait_port(sim_port)
         upstream = f"127.0.0.1:{sim_port}"
-        weir = start([WEIR, "--listen", f"127.0.0.1:{weir_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
-                      "--backend", f"http://{upstream}", "--model", "tiny-llama"], 1,
-                     stdout=open(os.path.join(tmp, "weir-access.log"), "w"), env=dict(os.environ, RUST_LOG="info"))
-        procs.append(weir)
+        weirs = {}  # name: (process, port, admin port)
+        for name, path in builds:
+            weir_port, admin_port = free_port(), free_port()
+            weir = start([path, "--listen", f"127.0.0.1:{weir_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+                          "--backend", f"http://{upstream}", "--model", "tiny-llama"], 1,
+                         stdout=open(os.path.join(tmp, f"{name}-access.log"), "w"), env=dict(os.environ, RUST_LOG="info"))
+            procs.append(weir)
+            weirs[name] = (weir, weir_port, admin_port)
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_conf(tmp, nginx_port, upstream))
         nginx = start(["nginx", "-c", conf, "-p", tmp], 1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(nginx)
-        for port in (weir_port, nginx_port):
+        ports = [w[1] for w in weirs.values()] + [nginx_port]
+        for port in ports:
             wait_port(port)
         # The idle footprint: after a little traffic (pools, caches and metric series made
         # once), then quiet for longer than weir's pool idle timeout (4 s) and jemalloc's decay.
-        for port in (weir_port, nginx_port):
+        for port in ports:
             subprocess.run(["taskset", "-c", "0", WEIR, "bench", "--url", f"http://127.0.0.1:{port}",
                             "--concurrency", "16", "--duration", "2s", "--max-tokens", str(args.max_tokens)],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(6)
-        idle_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
-        targets = {
-            "direct": (f"http://{upstream}", None),
-            "weir": (f"http://127.0.0.1:{weir_port}", weir.pid),
-            "nginx": (f"http://127.0.0.1:{nginx_port}", nginx.pid),
-        }
+        idle_rss = {n: rss_bytes(w[0].pid) for n, w in weirs.items()}
+        idle_rss["nginx"] = rss_bytes(nginx.pid)
+        targets = {"direct": (f"http://{upstream}", None)}
+        targets.update({n: (f"http://127.0.0.1:{w[1]}", w[0].pid) for n, w in weirs.items()})
+        targets["nginx"] = (f"http://127.0.0.1:{nginx_port}", nginx.pid)
         results = []
         overhead = {}
         for level in levels:
-            before = scrape(admin_port, "weir_gateway_overhead_seconds")
+            before = {n: scrape(w[2], "weir_gateway_overhead_seconds") for n, w in weirs.items()}
             for rnd in range(args.rounds):
                 order = list(targets)
                 random.shuffle(order)
@@ -256,23 +265,26 @@ def main():
                     r["round"] = rnd
                     results.append(r)
                     rep = r["report"]
-                    print(f"{level:>5} streams  round {rnd}  {name:<6}  TTFT p50 {rep['ttft']['p50']*1e3:7.2f} ms"
+                    print(f"{level:>5} streams  round {rnd}  {name:<8}  TTFT p50 {rep['ttft']['p50']*1e3:7.2f} ms"
                           f"  p99 {rep['ttft']['p99']*1e3:7.2f} ms  ITL p99 {rep['itl']['p99']*1e3:7.2f} ms"
                           f"  errors {rep['errors']}  cpu {r['cpu']:.2f} s", flush=True)
-            after = scrape(admin_port, "weir_gateway_overhead_seconds")
-            delta = {le: after.get(le, 0) - before.get(le, 0) for le in after}
-            overhead[level] = (quantile_from_buckets(delta, 0.5), quantile_from_buckets(delta, 0.99))
+            for n, w in weirs.items():
+                after = scrape(w[2], "weir_gateway_overhead_seconds")
+                delta = {le: after.get(le, 0) - before[n].get(le, 0) for le in after}
+                overhead[(level, n)] = (quantile_from_buckets(delta, 0.5), quantile_from_buckets(delta, 0.99))
         # Pooled backend connections close after 4 s idle; jemalloc hands freed pages back
         # within about a second after that.
         time.sleep(15)
-        settled_rss = {"weir": rss_bytes(weir.pid), "nginx": rss_bytes(nginx.pid)}
-        write_report(args, levels, results, overhead, idle_rss, settled_rss)
+        settled_rss = {n: rss_bytes(w[0].pid) for n, w in weirs.items()}
+        settled_rss["nginx"] = rss_bytes(nginx.pid)
+        write_report(args, levels, [n for n, _ in builds], results, overhead, idle_rss, settled_rss)
     finally:
         stop_all(procs, 10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_report(args, levels, results, overhead, idle_rss, settled_rss):
+def write_report(args, levels, weirs, results, overhead, idle_rss, settled_rss):
+    proxies = weirs + ["nginx"]
     def pick(level, target, f):
         return median([f(r) for r in results if r["level"] == level and r["target"] == target])
 
@@ -287,13 +299,13 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
     ms = lambda v: "–" if v is None else f"{v * 1e3:.3f}"
     for level in levels:
         d = {t: {k: pick(level, t, lambda r, k=k: r["report"][k[0]][k[1]]) for k in
-                 [("ttft", "p50"), ("ttft", "p99"), ("itl", "p50"), ("itl", "p99")]} for t in ("direct", "weir", "nginx")}
-        tokens = {t: pick(level, t, lambda r: r["report"]["output_tokens"]) for t in ("weir", "nginx")}
-        reqs = {t: pick(level, t, lambda r: r["report"]["requests"]) for t in ("weir", "nginx")}
-        cpu = {t: pick(level, t, lambda r: r["cpu"]) for t in ("weir", "nginx")}
-        rss = {t: pick(level, t, lambda r: r["rss"]) for t in ("weir", "nginx")}
-        errors = {t: pick(level, t, lambda r: r["report"]["errors"]) for t in ("direct", "weir", "nginx")}
-        for t in ("weir", "nginx"):
+                 [("ttft", "p50"), ("ttft", "p99"), ("itl", "p50"), ("itl", "p99")]} for t in ["direct"] + proxies}
+        tokens = {t: pick(level, t, lambda r: r["report"]["output_tokens"]) for t in proxies}
+        reqs = {t: pick(level, t, lambda r: r["report"]["requests"]) for t in proxies}
+        cpu = {t: pick(level, t, lambda r: r["cpu"]) for t in proxies}
+        rss = {t: pick(level, t, lambda r: r["rss"]) for t in proxies}
+        errors = {t: pick(level, t, lambda r: r["report"]["errors"]) for t in ["direct"] + proxies}
+        for t in proxies:
             add = {k: paired(level, t, "direct", k) for k in d[t]}
             per_tok = cpu[t] / tokens[t] if tokens[t] else None
             rows.append({
@@ -311,7 +323,7 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
         "# Benchmarks", "",
         f"Gateway overhead, measured {datetime.date.today().isoformat()} at commit `{commit}` on "
         f"{os.cpu_count()} cores ({cpu_model}) with:", "",
-        f"    python3 bench/overhead.py --levels {args.levels} --rounds {args.rounds} --duration {args.duration} "
+        f"    python3 bench/overhead.py {' '.join('--build ' + n + '=…' for n in weirs)} --levels {args.levels} --rounds {args.rounds} --duration {args.duration} "
         f"--ttft {args.ttft} --ttft-jitter {args.ttft_jitter} --itl-ms {args.itl_ms:g} --max-token-rate {args.max_token_rate:g} "
         f"--warmup {args.warmup} --max-tokens {args.max_tokens}", "",
         "`weir sim` is the backend (TTFT and ITL as above, every request streams its max_tokens; the ITL "
@@ -342,43 +354,27 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
             f"{r['tok_per_core_s']:,.0f} | {r['rss'] / 2**20:.1f} | {r['errors']:.0f} |")
     lines += ["", "weir's own `weir_gateway_overhead_seconds` over the weir runs of each level "
               "(from its /metrics, interpolated in the histogram's buckets):", "",
-              "| streams | p50 (ms) | p99 (ms) |", "|---:|---:|---:|"]
+              "| streams | build | p50 (ms) | p99 (ms) |", "|---:|---|---:|---:|"]
     for level in levels:
-        p50, p99 = overhead[level]
-        lines.append(f"| {level} | {ms(p50)} | {ms(p99)} |")
+        for w in weirs:
+            p50, p99 = overhead[(level, w)]
+            lines.append(f"| {level} | {w} | {ms(p50)} | {ms(p99)} |")
 
     by = {(r["level"], r["proxy"]): r for r in rows}
+    if len(weirs) > 1:
+        lines += ["", f"CPU of each weir build as a ratio to `{weirs[0]}`'s (medians over the rounds):", "",
+                  "| streams | build | CPU / request | CPU / token |", "|---:|---|---:|---:|"]
+        for level in levels:
+            base = by[(level, weirs[0])]
+            for w in weirs[1:]:
+                r = by[(level, w)]
+                lines.append(f"| {level} | {w} | {r['cpu_per_1k_req'] / base['cpu_per_1k_req']:.3f} "
+                             f"| {r['cpu_per_100k_tok'] / base['cpu_per_100k_tok']:.3f} |")
     def verdict(ok):
         return "met" if ok else "**not met**"
     targets = []
-    if 256 in levels:
-        w = by[(256, "weir")]
-        targets.append(("Added TTFT p50 ≤ 0.1 ms at 256 streams", f"{ms(w['ttft_p50'])} ms", w["ttft_p50"] <= 0.0001))
-        targets.append(("Added TTFT p99 ≤ 1 ms at 256 streams", f"{ms(w['ttft_p99'])} ms", w["ttft_p99"] <= 0.001))
-    vs = {l: paired(l, "weir", "nginx", ("ttft", "p50")) for l in levels}
-    worse = [l for l in levels if vs[l] > 0.00005]
-    targets.append(("Added TTFT p50 no worse than nginx's at every level (within 0.05 ms; weir − nginx, "
-                    "median over the rounds)",
-                    ", ".join(f"{l}: {ms(vs[l])} (weir {ms(by[(l, 'weir')]['ttft_p50'])} / nginx "
-                              f"{ms(by[(l, 'nginx')]['ttft_p50'])})" for l in levels),
-                    not worse))
-    itl = max(by[(l, "weir")]["itl_p99"] for l in levels)
-    targets.append(("Added ITL p99 ≤ 0.5 ms", f"worst {ms(itl)} ms", itl <= 0.0005))
-    ratios = [by[(l, "weir")]["cpu_per_100k_tok"] / by[(l, "nginx")]["cpu_per_100k_tok"] for l in levels]
-    targets.append(("CPU per streamed token ≤ 1.5× nginx", ", ".join(f"{l}: {x:.2f}×" for l, x in zip(levels, ratios)),
-                    max(ratios) <= 1.5))
-    top = max(levels)
-    per_stream = (by[(top, "weir")]["rss"] - idle_rss["weir"]) / top
-    targets.append((f"RSS ≤ 32 KiB per stream at {top} streams", f"{per_stream / 1024:.1f} KiB", per_stream <= 32 * 1024))
-    back = settled_rss["weir"] / max(idle_rss["weir"], 1)
-    targets.append(("RSS returns to idle after the load (within 25 %)",
-                    f"idle {idle_rss['weir'] / 2**20:.1f} MiB, after {settled_rss['weir'] / 2**20:.1f} MiB", back <= 1.25))
-    agree = []
-    for l in levels:
-        own = overhead[l][0]
-        agree.append(own is not None and abs(own - by[(l, "weir")]["ttft_p50"]) <= 0.0005)
-    targets.append(("weir_gateway_overhead_seconds p50 agrees with the measured added TTFT p50 (within 0.5 ms)",
-                    ", ".join(f"{l}: {ms(overhead[l][0])} vs {ms(by[(l, 'weir')]['ttft_p50'])}" for l in levels), all(agree)))
+    for wn in weirs:
+        targets += weir_targets(wn, levels, by, overhead, idle_rss, settled_rss, paired, ms)
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     for name, measured, ok in targets:
         lines.append(f"| {name} | {measured} | {verdict(ok)} |")
@@ -395,6 +391,40 @@ def write_report(args, levels, results, overhead, idle_rss, settled_rss):
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def weir_targets(wn, levels, by, overhead, idle_rss, settled_rss, paired, ms):
+    """The targets of one weir build (named wn), its name first in each."""
+    targets = []
+    if 256 in levels:
+        w = by[(256, wn)]
+        targets.append((f"{wn}: " + "Added TTFT p50 ≤ 0.1 ms at 256 streams", f"{ms(w['ttft_p50'])} ms", w["ttft_p50"] <= 0.0001))
+        targets.append((f"{wn}: " + "Added TTFT p99 ≤ 1 ms at 256 streams", f"{ms(w['ttft_p99'])} ms", w["ttft_p99"] <= 0.001))
+    vs = {l: paired(l, wn, "nginx", ("ttft", "p50")) for l in levels}
+    worse = [l for l in levels if vs[l] > 0.00005]
+    targets.append((f"{wn}: " + "Added TTFT p50 no worse than nginx's at every level (within 0.05 ms; weir − nginx, "
+                    "median over the rounds)",
+                    ", ".join(f"{l}: {ms(vs[l])} (weir {ms(by[(l, wn)]['ttft_p50'])} / nginx "
+                              f"{ms(by[(l, 'nginx')]['ttft_p50'])})" for l in levels),
+                    not worse))
+    itl = max(by[(l, wn)]["itl_p99"] for l in levels)
+    targets.append((f"{wn}: " + "Added ITL p99 ≤ 0.5 ms", f"worst {ms(itl)} ms", itl <= 0.0005))
+    ratios = [by[(l, wn)]["cpu_per_100k_tok"] / by[(l, "nginx")]["cpu_per_100k_tok"] for l in levels]
+    targets.append((f"{wn}: " + "CPU per streamed token ≤ 1.5× nginx", ", ".join(f"{l}: {x:.2f}×" for l, x in zip(levels, ratios)),
+                    max(ratios) <= 1.5))
+    top = max(levels)
+    per_stream = (by[(top, wn)]["rss"] - idle_rss[wn]) / top
+    targets.append((f"{wn}: " f"RSS ≤ 32 KiB per stream at {top} streams", f"{per_stream / 1024:.1f} KiB", per_stream <= 32 * 1024))
+    back = settled_rss[wn] / max(idle_rss[wn], 1)
+    targets.append((f"{wn}: " + "RSS returns to idle after the load (within 25 %)",
+                    f"idle {idle_rss[wn] / 2**20:.1f} MiB, after {settled_rss[wn] / 2**20:.1f} MiB", back <= 1.25))
+    agree = []
+    for l in levels:
+        own = overhead[(l, wn)][0]
+        agree.append(own is not None and abs(own - by[(l, wn)]["ttft_p50"]) <= 0.0005)
+    targets.append((f"{wn}: " + "weir_gateway_overhead_seconds p50 agrees with the measured added TTFT p50 (within 0.5 ms)",
+                    ", ".join(f"{l}: {ms(overhead[(l, wn)][0])} vs {ms(by[(l, wn)]['ttft_p50'])}" for l in levels), all(agree)))
+    return targets
 
 
 if __name__ == "__main__":
