@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 
@@ -24,26 +25,88 @@ pub struct Inspected {
     pub body: Bytes,
 }
 
-#[derive(Deserialize)]
+/// The fields of a request body that measurement needs, read as vLLM's request models
+/// (pydantic, lax) read them: a key given twice counts with its last value (Python's `json`),
+/// an integer may come as a float without a fractional part or as a string of digits, and a
+/// field of the wrong type is left out rather than spoiling the others.
+#[derive(Default)]
 struct Head<'a> {
-    #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
-    #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
     max_tokens: Option<i64>,
-    #[serde(default)]
     max_completion_tokens: Option<i64>,
-    #[serde(default)]
     n: Option<i64>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    /// Present (an object), and its `include_usage`.
+    stream_options: Option<Option<bool>>,
 }
 
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
+impl<'de: 'a, 'a> Deserialize<'de> for Head<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HeadVisitor(std::marker::PhantomData))
+    }
+}
+
+struct HeadVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
+    type Value = Head<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Head<'a>, M::Error> {
+        let mut head = Head::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let field = match &*key {
+                "model"
+                | "stream"
+                | "max_tokens"
+                | "max_completion_tokens"
+                | "n"
+                | "stream_options" => map.next_value::<&'de RawValue>()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let raw = field.get();
+            match &*key {
+                "model" => head.model = serde_json::from_str::<Cow<'de, str>>(raw).ok(),
+                "stream" => head.stream = lax_bool(raw),
+                "max_tokens" => head.max_tokens = lax_int(raw),
+                "max_completion_tokens" => head.max_completion_tokens = lax_int(raw),
+                "n" => head.n = lax_int(raw),
+                _ => head.stream_options = stream_options(raw),
+            }
+        }
+        Ok(head)
+    }
+}
+
+/// `true` or `false` (`null`, or anything else: not given).
+fn lax_bool(raw: &str) -> Option<bool> {
+    serde_json::from_str::<bool>(raw).ok()
+}
+
+/// An integer as pydantic's lax mode takes one: `8`, `8.0`, `"8"`.
+fn lax_int(raw: &str) -> Option<i64> {
+    if let Ok(i) = serde_json::from_str::<i64>(raw) {
+        return Some(i);
+    }
+    if let Ok(f) = serde_json::from_str::<f64>(raw) {
+        return (f.is_finite() && f.fract() == 0.0).then_some(f as i64);
+    }
+    serde_json::from_str::<Cow<'_, str>>(raw)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// `stream_options`: an object (its `include_usage` read laxly), or not given.
+fn stream_options(raw: &str) -> Option<Option<bool>> {
+    let opts =
+        serde_json::from_str::<std::collections::HashMap<Cow<'_, str>, &RawValue>>(raw).ok()?;
+    Some(opts.get("include_usage").and_then(|v| lax_bool(v.get())))
 }
 
 /// Inspects a generation (`inject` = streamed requests may get `include_usage`) or another
@@ -68,11 +131,7 @@ pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
         }
     };
     let stream = head.stream.unwrap_or(false);
-    let wants_usage = head
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let wants_usage = head.stream_options.flatten().unwrap_or(false);
     let model = head.model.map(Cow::into_owned);
     let max_tokens = head
         .max_completion_tokens
@@ -207,5 +266,28 @@ mod tests {
         let b = Bytes::from_static(br#"{"max_tokens":-1,"n":0}"#);
         let i = inspect(b, true).unwrap();
         assert_eq!((i.max_tokens, i.n), (None, 1));
+    }
+
+    #[test]
+    fn fields_are_read_as_vllm_reads_them() {
+        // A key given twice counts with its last value; integers may be floats or strings.
+        let b = Bytes::from_static(
+            br#"{"model":"a","stream":false,"model":"m","max_tokens":8.0,"n":"2","stream":true}"#,
+        );
+        let i = inspect(b, true).unwrap();
+        assert_eq!(i.model.as_deref(), Some("m"));
+        assert_eq!((i.stream, i.max_tokens, i.n), (true, Some(8), 2));
+        assert!(i.strip_usage);
+        assert_eq!(json(&i.body)["stream_options"]["include_usage"], true);
+        // A field of the wrong type is left out; the others still count.
+        let b = Bytes::from_static(br#"{"model":["x"],"max_tokens":8.5,"stream":true}"#);
+        let i = inspect(b, true).unwrap();
+        assert_eq!((i.model, i.max_tokens, i.stream), (None, None, true));
+        // `stream_options: null` is no options: usage is still asked for.
+        let b = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":null}"#);
+        let i = inspect(b, true).unwrap();
+        assert!(i.strip_usage);
+        let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
     }
 }
