@@ -7,12 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::Recorder;
-use super::observer::{Mode, Observer, join};
+use super::observer::{End, Mode, Observer, join};
 use crate::labels::Outcome;
 
 /// Errors passed to the client's connection.
@@ -99,53 +98,34 @@ where
                     let kind = ready!(obs.poll_deadline(cx));
                     let obs = this.observer.take().expect("observer present");
                     *this.ended = true;
-                    return Poll::Ready((*obs).timed_out(kind));
+                    return Poll::Ready((*obs).end(End::Timeout(kind)));
                 }
             };
-            match frame {
+            let (out, end) = match frame {
                 Some(Ok(frame)) => {
-                    let frame = match frame.into_data() {
+                    let out = match frame.into_data() {
                         Ok(data) => obs.on_data(data),
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
-                    if this.inner.is_end_stream() {
-                        // The peer said this was the last frame: hyper may not poll again.
-                        let rest = obs.flush();
-                        let obs = this.observer.take().expect("observer present");
-                        let outcome = obs.final_outcome();
-                        (*obs).finish(outcome);
-                        *this.ended = true;
-                        if let Some(b) = join(frame, rest) {
-                            return Poll::Ready(Some(Ok(Frame::data(b))));
-                        }
-                        return Poll::Ready(None);
-                    }
-                    if let Some(b) = frame {
-                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    // A deadline is checked on every frame too: a backend that keeps sending
+                    // what is not a token must not outlive the first-token or total timeout.
+                    // A last frame ends it (hyper may not poll again).
+                    match obs.overdue() {
+                        Some(kind) => (out, End::Timeout(kind)),
+                        None if this.inner.is_end_stream() => (out, End::Clean),
+                        None => match out {
+                            Some(b) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                            None => continue,
+                        },
                     }
                 }
-                Some(Err(e)) => {
-                    // The upstream body broke mid-way (reset, truncated chunk).
-                    let e: BoxError = e.into();
-                    let mut obs = this.observer.take().expect("observer present");
-                    obs.meas.stream_error = true;
-                    *this.ended = true;
-                    let message = format!("the backend's stream broke: {e}");
-                    return Poll::Ready((*obs).end_with_error(
-                        Outcome::UpstreamError,
-                        &message,
-                        StatusCode::BAD_GATEWAY,
-                    ));
-                }
-                None => {
-                    let rest = obs.flush();
-                    let obs = this.observer.take().expect("observer present");
-                    let outcome = obs.final_outcome();
-                    (*obs).finish(outcome);
-                    *this.ended = true;
-                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
-                }
-            }
+                // The upstream body broke mid-way (reset, truncated chunk).
+                Some(Err(e)) => (None, End::Broken(e.into())),
+                None => (None, End::Clean),
+            };
+            let obs = this.observer.take().expect("observer present");
+            *this.ended = true;
+            return Poll::Ready(prepend(out, (*obs).end(end)));
         }
     }
 
@@ -163,5 +143,21 @@ where
             }) => SizeHint::default(),
             _ => self.inner.size_hint(),
         }
+    }
+}
+
+/// What goes out when the body ends: the last data that came, then what the ending adds.
+/// A body cut with an error loses that last data (the client sees the body break).
+fn prepend(
+    out: Option<Bytes>,
+    end: Option<Result<Frame<Bytes>, BoxError>>,
+) -> Option<Result<Frame<Bytes>, BoxError>> {
+    match end {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(tail) => join(out, Some(tail)).map(|b| Ok(Frame::data(b))),
+            Err(trailers) => Some(Ok(trailers)),
+        },
+        Some(Err(e)) => Some(Err(e)),
+        None => out.map(|b| Ok(Frame::data(b))),
     }
 }

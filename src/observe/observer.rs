@@ -128,7 +128,7 @@ impl<R: Recorder> Observer<R> {
     }
 
     /// The body ended: bytes still held back, if any.
-    pub(super) fn flush(&mut self) -> Option<Bytes> {
+    fn flush(&mut self) -> Option<Bytes> {
         match &mut self.mode {
             Mode::Sse { strip: Some(s), .. } => s.flush(),
             _ => None,
@@ -189,6 +189,16 @@ pub(super) fn join(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
     }
 }
 
+/// How the upstream body ended.
+pub(super) enum End {
+    /// It ended (last frame, or end of stream).
+    Clean,
+    /// It broke with this error.
+    Broken(BoxError),
+    /// The deadline of this kind passed.
+    Timeout(&'static str),
+}
+
 /// The upstream stream ended badly and the client's cannot be ended with an error event.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -233,18 +243,52 @@ impl<R: Recorder> Observer<R> {
         }
     }
 
-    pub(super) fn timed_out(self, kind: &'static str) -> Option<Result<Frame<Bytes>, BoxError>> {
-        let message = format!("the backend sent nothing in time ({kind} timeout)");
-        self.end_with_error(
-            Outcome::Timeout(kind),
-            &message,
-            StatusCode::GATEWAY_TIMEOUT,
-        )
+    /// A first-token or total deadline that passed while frames were still coming.
+    pub(super) fn overdue(&self) -> Option<&'static str> {
+        let (at, kind) = self.deadline();
+        (self.last_frame >= at).then_some(kind)
+    }
+
+    /// Finishes the record; returns what the client gets last (held bytes, an error event
+    /// and `[DONE]` for an event stream that did not end well, or an error that cuts any
+    /// other body).
+    pub(super) fn end(mut self, end: End) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match end {
+            End::Clean if self.cut_mid_event() => {
+                self.meas.stream_error = true;
+                let message = "the backend's stream ended in the middle of an event";
+                self.end_with_error(Outcome::UpstreamError, message, StatusCode::BAD_GATEWAY)
+            }
+            End::Clean => {
+                let rest = self.flush();
+                let outcome = self.final_outcome();
+                self.finish(outcome);
+                rest.map(|b| Ok(Frame::data(b)))
+            }
+            End::Broken(e) => {
+                self.meas.stream_error = true;
+                let message = format!("the backend's stream broke: {e}");
+                self.end_with_error(Outcome::UpstreamError, &message, StatusCode::BAD_GATEWAY)
+            }
+            End::Timeout(kind) => {
+                let message = format!("the backend sent nothing in time ({kind} timeout)");
+                self.end_with_error(
+                    Outcome::Timeout(kind),
+                    &message,
+                    StatusCode::GATEWAY_TIMEOUT,
+                )
+            }
+        }
+    }
+
+    /// An event stream that stopped inside an event.
+    fn cut_mid_event(&self) -> bool {
+        matches!(&self.mode, Mode::Sse { parser, .. } if !parser.at_boundary())
     }
 
     /// Ends the response early: an event stream gets what was held back, an error event
     /// and `[DONE]`, and ends cleanly; any other body is cut with an error.
-    pub(super) fn end_with_error(
+    fn end_with_error(
         mut self,
         outcome: Outcome,
         message: &str,

@@ -170,6 +170,72 @@ async fn endless_keep_alives_hit_the_first_token_timeout() {
     );
 }
 
+/// A backend that keeps the connection busy: comments (no token) as fast as it can write.
+fn busy_backend() -> Vec<Step> {
+    let mut junk = Vec::new();
+    while junk.len() < 256 * 1024 {
+        junk.extend_from_slice(b": busy\n\n");
+    }
+    vec![
+        sse_head(),
+        Step::Chunk(ROLE.to_vec()),
+        Step::Forever(junk, Duration::ZERO),
+    ]
+}
+
+#[tokio::test]
+async fn a_backend_busy_with_no_tokens_still_hits_the_first_token_and_total_timeouts() {
+    for (kind, first_token, total) in [("first_token", 300, 60_000), ("total", 60_000, 300)] {
+        let mut c = gateway_config(&[start(busy_backend()).await]);
+        c.timeouts.first_token = Duration::from_millis(first_token);
+        c.timeouts.total = Duration::from_millis(total);
+        let gw = gateway::start(c).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let req = post(gw.addr, "/v1/chat/completions", &with_usage());
+        let (_, _, body) = tokio::time::timeout(Duration::from_secs(10), send(&client(), req))
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: the stream outlived its deadline by 10 s"));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let tail = String::from_utf8_lossy(&body[body.len().saturating_sub(300)..]).into_owned();
+        assert!(tail.contains(&format!("{kind} timeout")), "{kind}: {tail}");
+        assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
+        let m = outcome_counts(gw.admin_addr).await;
+        assert_eq!(
+            value(&m, "weir_timeouts_total", &[("kind", kind)]),
+            1.0,
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_connection_inside_an_event_ends_with_an_error_event() {
+    // No length and no chunking: the body ends when the backend closes the connection.
+    let half: &[u8] = br#"data: {"id":"c","choices":[{"index":0,"del"#;
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+    let script = vec![
+        Step::Raw(head.to_vec()),
+        Step::Raw(ROLE.to_vec()),
+        Step::Raw(TOKEN.to_vec()),
+        Step::Raw(half.to_vec()),
+        Step::Close,
+    ];
+    let gw = start_gateway(&[start(script).await]).await;
+    let req = post(gw.addr, "/v1/chat/completions", &with_usage());
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = [ROLE, TOKEN, half].concat();
+    assert!(body.starts_with(&sent));
+    let rest = String::from_utf8_lossy(&body[sent.len()..]).into_owned();
+    assert!(rest.starts_with("\n\ndata: {\"error\":"), "{rest}");
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    let m = outcome_counts(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_errors_total", &[("kind", "stream_error")]),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn an_oversized_event_is_passed_on_unparsed_and_the_rest_still_measured() {
     let mut huge = b"data: {\"x\":\"".to_vec();

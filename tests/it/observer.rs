@@ -157,21 +157,14 @@ proptest! {
     }
 }
 
-/// Runs chunks through the body observer as the gateway does; returns what the client got
-/// and the metrics text.
-async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
-    let metrics = Metrics::new(vec!["tiny-llama".into()]);
+/// A streamed chat's record, as the proxy leaves it for the observer.
+fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeouts) -> Exchange {
     let backend: Arc<str> = "sim".into();
     let now = tokio::time::Instant::now();
     metrics.in_flight().inc();
-    let mut watch = Watch::new(
-        now,
-        Operation::Chat,
-        weir::config::Timeouts::default(),
-        weir_sse::DEFAULT_MAX_LINE,
-    );
+    let mut watch = Watch::new(now, Operation::Chat, timeouts, weir_sse::DEFAULT_MAX_LINE);
     (watch.stream, watch.strip_usage) = (true, strip_usage);
-    let ex = Exchange {
+    Exchange {
         watch,
         request_id: "r".into(),
         trace: RequestTrace::start(None, &http::HeaderMap::new(), Operation::Chat, now),
@@ -187,14 +180,17 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         load: None,
         tenant: None,
         answer: None,
-    };
+    }
+}
+
+/// Runs chunks through the body observer as the gateway does; returns what the client got
+/// and the metrics text.
+async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
+    let metrics = Metrics::new(vec!["tiny-llama".into()]);
+    let ex = exchange(&metrics, strip_usage, weir::config::Timeouts::default());
     let upstream = Chunks(chunks.into());
-    let body = ObservedBody::new(
-        upstream,
-        ex,
-        Some(b"text/event-stream; charset=utf-8"),
-        false,
-    );
+    let sse = Some(&b"text/event-stream; charset=utf-8"[..]);
+    let body = ObservedBody::new(upstream, ex, sse, false);
     let out = body
         .collect()
         .await
@@ -202,6 +198,61 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
         .to_bytes()
         .to_vec();
     (out, String::from_utf8(metrics.render()).unwrap())
+}
+
+/// An upstream body that always has another frame ready (a backend faster than the
+/// gateway): `first`, then `then` again and again.
+struct Endless {
+    first: Option<Bytes>,
+    then: Bytes,
+}
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = self.first.take().unwrap_or_else(|| self.then.clone());
+        Poll::Ready(Some(Ok(Frame::data(next))))
+    }
+}
+
+#[tokio::test]
+async fn deadlines_pass_even_when_the_backend_always_has_more() {
+    let role = br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}
+
+"#;
+    let token = br#"data: {"choices":[{"index":0,"delta":{"content":"x"}}]}
+
+"#;
+    let cases: [(&[u8], &str); 2] = [(b": busy\n\n", "first_token"), (token, "total")];
+    for (event, kind) in cases {
+        let metrics = Metrics::new(vec!["tiny-llama".into()]);
+        let timeouts = weir::config::Timeouts {
+            first_token: std::time::Duration::from_millis(50),
+            total: std::time::Duration::from_millis(100),
+            ..weir::config::Timeouts::default()
+        };
+        let ex = exchange(&metrics, false, timeouts);
+        let upstream = Endless {
+            first: Some(Bytes::from_static(role)),
+            then: Bytes::copy_from_slice(event),
+        };
+        let sse = Some(&b"text/event-stream"[..]);
+        let body = ObservedBody::new(upstream, ex, sse, false);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: the body never ended"))
+            .expect("infallible")
+            .to_bytes();
+        let tail = String::from_utf8_lossy(&out[out.len() - 200..]).into_owned();
+        assert!(tail.contains(&format!("({kind} timeout)")), "{tail}");
+        assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert_eq!(value(&text, "weir_timeouts_total", &[("kind", kind)]), 1.0);
+    }
 }
 
 /// An upstream body that yields the given chunks, one frame each.

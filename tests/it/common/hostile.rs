@@ -20,6 +20,9 @@ pub enum Step {
     Close,
     /// Repeat a chunk forever, with a pause between (until the peer goes away).
     Forever(Vec<u8>, Duration),
+    /// Repeat a chunk forever as fast as the socket takes it, from a thread of its own (a
+    /// backend on another core that never lets the gateway's reads come up empty).
+    Flood(Vec<u8>),
 }
 
 pub fn sse_head() -> Step {
@@ -101,6 +104,23 @@ async fn play(conn: &mut TcpStream, script: &[Step]) -> std::io::Result<()> {
                 conn.shutdown().await?;
                 return Err(std::io::ErrorKind::ConnectionAborted.into());
             }
+            Step::Flood(b) => {
+                let mut chunk = format!("{:x}\r\n", b.len()).into_bytes();
+                chunk.extend_from_slice(b);
+                chunk.extend_from_slice(b"\r\n");
+                let std_conn = clone_blocking(conn)?;
+                let written = tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    let mut c = std_conn;
+                    loop {
+                        if c.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let _ = written.await;
+                return Err(std::io::ErrorKind::ConnectionAborted.into());
+            }
             Step::Forever(b, d) => loop {
                 conn.write_all(format!("{:x}\r\n", b.len()).as_bytes())
                     .await?;
@@ -112,4 +132,13 @@ async fn play(conn: &mut TcpStream, script: &[Step]) -> std::io::Result<()> {
         conn.flush().await?;
     }
     Ok(())
+}
+
+/// A blocking handle on the same socket, for a writer thread (the socket turns blocking: the
+/// async handle is not used again).
+fn clone_blocking(conn: &TcpStream) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let std_conn = std::net::TcpStream::from(conn.as_fd().try_clone_to_owned()?);
+    std_conn.set_nonblocking(false)?;
+    Ok(std_conn)
 }
