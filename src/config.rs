@@ -5,6 +5,7 @@
 mod auth;
 mod backend;
 mod limits;
+mod proxy;
 mod slo;
 mod telemetry;
 
@@ -17,6 +18,7 @@ use serde::Deserialize;
 pub use auth::{AuthConfig, KeyConfig, parse_hash};
 pub use backend::{BackendConfig, Health, Retries, Strategy, TimeoutOverrides, Timeouts};
 pub use limits::Limits;
+pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
 pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
 
@@ -40,6 +42,8 @@ pub struct Config {
     pub health: Health,
     pub retries: Retries,
     pub limits: Limits,
+    /// Which paths the proxy listener passes on (`[proxy]`).
+    pub proxy: ProxyConfig,
     /// API keys on the proxy listener.
     pub auth: AuthConfig,
     pub admin: Admin,
@@ -72,6 +76,7 @@ impl Default for Config {
             health: Health::default(),
             retries: Retries::default(),
             limits: Limits::default(),
+            proxy: ProxyConfig::default(),
             auth: Default::default(),
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
@@ -162,6 +167,7 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        self.proxy.validate()?;
         self.health.validate()?;
         self.slo.validate()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {

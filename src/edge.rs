@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -136,11 +136,7 @@ where
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let (parts, body) = res.into_parts();
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        let body = ObservedBody::new(body, ex, content_type, nothing_to_send);
+        let body = ObservedBody::new(body, ex, &parts.headers, nothing_to_send);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

@@ -35,6 +35,8 @@ pub enum GatewayError {
     TooManyConnections,
     #[error("The model `{0}` does not exist.")]
     UnknownModel(String),
+    #[error("Not Found: weir passes on the API surface only, and not `{0}`")]
+    PathNotFound(String),
     #[error("backend {backend} did not answer in time ({kind} timeout)")]
     Timeout { backend: String, kind: &'static str },
     #[error("backend {backend} is unavailable: {reason}")]
@@ -70,7 +72,7 @@ impl GatewayError {
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Unauthorized => StatusCode::UNAUTHORIZED,
             NoBackend | Overloaded | TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
-            UnknownModel(_) => StatusCode::NOT_FOUND,
+            UnknownModel(_) | PathNotFound(_) => StatusCode::NOT_FOUND,
             Connect { .. } | Upstream { .. } => StatusCode::BAD_GATEWAY,
             ConnectTimeout { .. } | Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,7 +97,7 @@ impl GatewayError {
     pub fn kind(&self) -> Option<ErrorKind> {
         use GatewayError::*;
         Some(match self {
-            InvalidJson(_) | BadRequest(_) | ClientBody(_) | UnknownModel(_) => {
+            InvalidJson(_) | BadRequest(_) | ClientBody(_) | UnknownModel(_) | PathNotFound(_) => {
                 ErrorKind::BadRequest
             }
             HeadTooLarge { .. } | BodyTimeout(_) => ErrorKind::BadRequest,
@@ -126,6 +128,7 @@ impl GatewayError {
             Overloaded => "in_flight",
             TooManyConnections => "connections",
             UnknownModel(_) => "unknown_model",
+            PathNotFound(_) => "path_not_allowed",
             Timeout { .. } | ConnectTimeout { .. } => "timeout",
             Connect { .. } => "connect",
             Upstream { .. } => "upstream",

@@ -2,8 +2,8 @@
 //! answers a refusal at once (an OpenAI-shaped error carrying its [`Answer`]) and lets
 //! everything else through untouched. The edge records refusals like any other request.
 //!
-//! - [`Admission`]: the gateway's own limits (connections, request head size, requests in
-//!   flight, a declared body over the limit), cheapest first;
+//! - [`Admission`]: the gateway's own limits (connections, the paths passed on, request head
+//!   size, requests in flight, a declared body over the limit), cheapest first;
 //! - [`ApiKeys`]: the client's API key, when keys are configured: the tenant is noted on the
 //!   request's record and the key removed, so it never reaches a backend, a log or a span.
 //!
@@ -132,6 +132,11 @@ impl Check for Admission {
     fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError> {
         if req.extensions().get::<OverConnectionLimit>().is_some() {
             return Err(GatewayError::TooManyConnections);
+        }
+        let path = req.uri().path();
+        if !shared.config.proxy.allows(path) {
+            let shown: String = path.chars().take(128).collect();
+            return Err(GatewayError::PathNotFound(shown));
         }
         let limits = &shared.config.limits;
         let head = head_size(req);

@@ -53,9 +53,14 @@ async fn get(
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), &'static str> {
     let uri = b.uri(path).map_err(|_| "protocol")?;
-    let req = Request::get(uri)
+    let mut req = Request::get(uri)
         .body(Either::Left(Full::new(Bytes::new())))
         .map_err(|_| "protocol")?;
+    // A vLLM started with `--api-key` wants it on `/v1/models` as on any request.
+    if let Some(key) = &b.api_key {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, key.clone());
+    }
     let fetch = async {
         let res = b.upstream.request(req).await.map_err(|e| {
             if e.is_connect() {

@@ -114,8 +114,13 @@ fn main() -> ExitCode {
             weir::telemetry::init_logging("info");
             prepare_fds(weir::fds::for_gateway(config.limits.max_connections));
             run(async move {
+                #[cfg(unix)]
+                let signals = Signals::install()?;
                 let gw = weir::gateway::start(config).await?;
-                serve_until_stopped(&gw, &args).await;
+                #[cfg(unix)]
+                signals.serve_until_stopped(&gw, &args).await;
+                #[cfg(not(unix))]
+                weir::gateway::shutdown_signal().await;
                 gw.shutdown().await;
                 Ok(())
             })
@@ -123,20 +128,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Waits for SIGTERM / Ctrl-C; SIGHUP reloads the config file in the meantime.
-async fn serve_until_stopped(gw: &weir::gateway::Gateway, args: &GatewayArgs) {
-    #[cfg(unix)]
-    {
+/// SIGHUP and SIGTERM, listened for from before the gateway says it is serving: a signal
+/// sent right after that line must not meet the default action (ending the process).
+#[cfg(unix)]
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return weir::gateway::shutdown_signal().await;
-        };
-        let stop = weir::gateway::shutdown_signal();
-        tokio::pin!(stop);
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for SIGTERM / Ctrl-C; SIGHUP reloads the config file in the meantime.
+    async fn serve_until_stopped(mut self, gw: &weir::gateway::Gateway, args: &GatewayArgs) {
         loop {
             tokio::select! {
-                () = &mut stop => return,
-                _ = hup.recv() => match &args.config {
+                _ = self.term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = self.hup.recv() => match &args.config {
                     Some(path) => {
                         if let Err(e) = gw.reload_from(path, |c| apply_flags(args, c)) {
                             tracing::error!(error = %e, "reload refused: keeping the running config");
@@ -146,9 +162,8 @@ async fn serve_until_stopped(gw: &weir::gateway::Gateway, args: &GatewayArgs) {
                 },
             }
         }
+        tracing::info!("shutdown requested");
     }
-    #[cfg(not(unix))]
-    weir::gateway::shutdown_signal().await
 }
 
 /// The config file (or defaults) with the command line's flags applied.

@@ -103,6 +103,8 @@ pub struct Measurement {
     /// The backend sent something the record had to leave out: an over-long event, or a
     /// token count that is not one.
     pub degraded: bool,
+    /// The body came compressed: passed on, timed, not read.
+    pub unmeasured: bool,
 }
 
 impl Measurement {

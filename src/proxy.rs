@@ -139,7 +139,19 @@ async fn forward_request(
         _ => None,
     };
     forward::upstream_headers(&mut parts.headers, client_addr, body_len);
+    if ex.watch.operation != Operation::Other {
+        // A measured body must come as it is, to be read: no compression.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
     let res = call_upstream(state, shared, parts, body, ex).await?;
+    let status = res.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS || status.as_u16() >= 600 {
+        // Not an answer a client can be given: the connection is dropped with the response.
+        return Err(GatewayError::Upstream {
+            backend: ex.backend.to_string(),
+            reason: format!("the backend answered with status {}", status.as_u16()),
+        });
+    }
     let (mut head, body) = res.into_parts();
     forward::strip_hop_by_hop(&mut head.headers);
     if ex.watch.strip_usage {

@@ -290,6 +290,7 @@ impl Exchange {
             tokens_estimated: f.estimated,
             finish_reasons: &finish_reasons,
             degraded: m.degraded,
+            unmeasured: m.unmeasured,
         }
         .emit();
     }

@@ -38,11 +38,11 @@ pin_project! {
 }
 
 impl<B: Body, R: Recorder> ObservedBody<B, R> {
-    /// Wraps `inner`; `content_type` of the response decides how it is parsed. When the
-    /// client gets no body (`nothing_to_send`: a HEAD request, a 204 or 304, an empty body),
-    /// the request is finished here.
-    pub fn new(inner: B, rec: R, content_type: Option<&[u8]>, nothing_to_send: bool) -> Self {
-        let obs = Observer::new(rec, content_type);
+    /// Wraps `inner`; the response's headers decide how it is read. When the client gets no
+    /// body (`nothing_to_send`: a HEAD request, a 204 or 304, an empty body), the request is
+    /// finished here.
+    pub fn new(inner: B, rec: R, headers: &http::HeaderMap, nothing_to_send: bool) -> Self {
+        let obs = Observer::new(rec, headers);
         let ended = nothing_to_send || inner.is_end_stream();
         let observer = if ended {
             let outcome = obs.final_outcome();

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode, header};
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 use weir_sse::{self as sse, SseParser};
@@ -43,14 +43,23 @@ pub(super) struct Observer<R> {
 }
 
 impl<R: Recorder> Observer<R> {
-    /// Observes a response of `content_type`: an event stream is parsed event by event, a
-    /// JSON body once at its end, anything else only timed.
-    pub(super) fn new(rec: R, content_type: Option<&[u8]>) -> Box<Self> {
+    /// Observes a response with these headers: an event stream is parsed event by event, a
+    /// JSON body once at its end, anything else (or anything compressed) only timed.
+    pub(super) fn new(rec: R, headers: &HeaderMap) -> Box<Self> {
         let w = rec.watch();
+        let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
         let is = |p: &[u8]| {
             content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))
         };
+        let encoded = headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let mut meas = Measurement::default();
         let mode = if w.answered.is_some() {
+            Mode::Plain
+        } else if encoded {
+            // weir decodes nothing: the body passes, timed but not read.
+            meas.unmeasured = true;
             Mode::Plain
         } else if w.operation.is_generation() && is(b"text/event-stream") {
             let strip = w.strip_usage.then(|| Strip::new(w.n));
@@ -70,7 +79,7 @@ impl<R: Recorder> Observer<R> {
             last_frame: Instant::now(),
             timer: None,
             rec,
-            meas: Measurement::default(),
+            meas,
             mode,
         })
     }
@@ -151,7 +160,7 @@ impl<R: Recorder> Observer<R> {
         let m = &self.meas;
         let failed = match &self.mode {
             Mode::Sse { .. } => m.stream_error || !m.done || m.invalid_events > 0,
-            _ => w.stream && w.operation.is_generation(),
+            _ => w.stream && w.operation.is_generation() && !m.unmeasured,
         };
         if failed { Outcome::UpstreamError } else { base }
     }
@@ -245,6 +254,10 @@ impl<R: Recorder> Observer<R> {
 
     /// A first-token or total deadline that passed while frames were still coming.
     pub(super) fn overdue(&self) -> Option<&'static str> {
+        if self.rec.watch().answered.is_some() {
+            // The gateway's own answer: the backend's deadlines are over.
+            return None;
+        }
         let (at, kind) = self.deadline();
         (self.last_frame >= at).then_some(kind)
     }

@@ -61,6 +61,9 @@ pub struct AccessLine<'a> {
     pub tokens_estimated: bool,
     pub finish_reasons: &'a str,
     pub degraded: bool,
+    /// The body came compressed and was not read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unmeasured: bool,
 }
 
 /// The whole line: the fields every log line of the subscriber has, around the request's.
@@ -237,6 +240,7 @@ mod tests {
             tokens_estimated: false,
             finish_reasons: "length",
             degraded: false,
+            unmeasured: false,
         };
         let lines = written(&line);
         assert_eq!(lines.len(), 2);

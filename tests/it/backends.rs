@@ -324,6 +324,29 @@ async fn a_stalled_backend_hits_the_first_token_idle_and_total_timeouts() {
 }
 
 #[tokio::test]
+async fn model_discovery_sends_the_backends_key() {
+    let sim = start_sim(SimConfig {
+        model: "keyed".into(),
+        api_key: Some("sk-backend".into()),
+        ..SimConfig::fast()
+    })
+    .await;
+    // Without the key the backend refuses its model list, as vLLM with --api-key does.
+    let (status, _) = get_text(sim, "/v1/models").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let var = "WEIR_TEST_DISCOVERY_KEY";
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var(var, "sk-backend") };
+    let mut c = quick(&[sim]);
+    c.backends[0].api_key_env = Some(var.into());
+    let gw = gateway::start(c).await.unwrap();
+    wait_for_backends(&gw, "discovered models", |v| {
+        v["backends"][0]["models"] == json!(["keyed"])
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn models_are_routed_discovered_and_unknown_ones_refused() {
     let llama = start_sim(SimConfig {
         model: "llama".into(),

@@ -21,7 +21,7 @@ use weir::gateway;
 use weir::proxy::{Proxy, ResponseBody};
 use weir_sim::SimConfig;
 
-/// The proxy, but a request for `/v1/panic` panics on its way (a fault for the test).
+/// The proxy, but a request with `x-test-panic` panics on its way (a fault for the test).
 #[derive(Clone)]
 struct PanicOnPath(Proxy);
 
@@ -35,7 +35,7 @@ impl tower::Service<Request<Incoming>> for PanicOnPath {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        if req.uri().path() == "/v1/panic" {
+        if req.headers().contains_key("x-test-panic") {
             return Box::pin(async { panic!("the test's fault") });
         }
         self.0.call(req)
@@ -92,6 +92,11 @@ async fn refusals_panics_and_proxied_requests_are_each_recorded_once() {
             .insert("authorization", "Bearer sk-a".parse().unwrap());
         req
     };
+    let panicking = |mut req: Request<_>| {
+        req.headers_mut()
+            .insert("x-test-panic", "1".parse().unwrap());
+        req
+    };
     let mut big = chat(false, 2);
     big["messages"][0]["content"] = "x".repeat(8192).into();
     let mut unknown = chat(false, 2);
@@ -110,7 +115,11 @@ async fn refusals_panics_and_proxied_requests_are_each_recorded_once() {
             StatusCode::NOT_FOUND,
         ),
         (
-            keyed(post(gw.addr, "/v1/panic", &chat(false, 2))),
+            panicking(keyed(post(
+                gw.addr,
+                "/v1/chat/completions",
+                &chat(false, 2),
+            ))),
             StatusCode::INTERNAL_SERVER_ERROR,
         ),
         (

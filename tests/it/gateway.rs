@@ -9,6 +9,7 @@ use crate::common::prom::{quantile, sum, value};
 use crate::common::*;
 use http::StatusCode;
 use serde_json::json;
+use weir::gateway;
 use weir_sim::SimConfig;
 
 fn sim_with(ttft_ms: u64, itl_ms: u64) -> SimConfig {
@@ -442,15 +443,25 @@ async fn backend_errors_and_bad_requests_are_client_errors_with_bounded_labels()
 }
 
 #[tokio::test]
-async fn other_paths_are_proxied_and_counted() {
+async fn only_the_api_surface_is_proxied_and_the_rest_is_refused_and_counted() {
+    let log = AccessLog::capture();
     let sim = start_sim(SimConfig::fast()).await;
     let gw = start_gateway(&[sim]).await;
     let (status, models) = get_text(gw.addr, "/v1/models").await;
     assert_eq!(status, StatusCode::OK);
     assert!(models.contains("tiny-llama"));
-    let (status, _) = get_text(gw.addr, "/nope").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let m = scrape(gw.admin_addr).await;
+    // The backend's own metrics and anything else off the API surface: weir's 404.
+    for path in ["/metrics", "/nope", "/reset_prefix_cache"] {
+        let (status, body) = get_text(gw.addr, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], 404, "OpenAI-shaped: {body}");
+        assert!(!body.contains("vllm:"), "nothing of the backend's");
+    }
+    let m = wait_for_metrics(gw.admin_addr, "four requests", |m| {
+        sum(m, "weir_requests_total", &[]) == Some(4.0)
+    })
+    .await;
     let other = [("gen_ai_operation_name", "other")];
     assert_eq!(
         value(&m, "weir_requests_total", &[other[0], ("code", "2xx")]),
@@ -458,12 +469,36 @@ async fn other_paths_are_proxied_and_counted() {
     );
     assert_eq!(
         value(&m, "weir_requests_total", &[other[0], ("code", "4xx")]),
-        1.0
+        3.0
     );
+    assert_eq!(
+        value(&m, "weir_errors_total", &[("kind", "bad_request")]),
+        3.0
+    );
+    let refused: Vec<_> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l["reason"] == "path_not_allowed")
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    // The simulator never saw them.
+    let served = value(&scrape(sim).await, "vllm:request_success_total", &[]);
+    assert_eq!(served, 0.0);
     let (status, _) = get_text(gw.admin_addr, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = get_text(gw.admin_addr, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_path_is_proxied_when_the_config_says_so() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.proxy.paths = vec!["/*".into()];
+    let gw = gateway::start(c).await.unwrap();
+    let (status, text) = get_text(gw.addr, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("vllm:"), "the backend's own metrics");
 }
 
 #[tokio::test]

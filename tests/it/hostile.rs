@@ -237,6 +237,59 @@ async fn a_body_that_ends_with_the_connection_inside_an_event_ends_with_an_error
 }
 
 #[tokio::test]
+async fn a_status_that_is_not_an_answer_becomes_a_502() {
+    for status in ["999 Whatever", "101 Switching Protocols"] {
+        let head = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+        let gw = start_gateway(&[start(vec![Step::Raw(head.into_bytes())]).await]).await;
+        let (got, _, body) = send(
+            &client(),
+            post(gw.addr, "/v1/chat/completions", &with_usage()),
+        )
+        .await;
+        assert_eq!(got, StatusCode::BAD_GATEWAY, "{status}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&status[..3]),
+            "{v}"
+        );
+        let m = outcome_counts(gw.admin_addr).await;
+        let failed = [("outcome", "upstream_error"), ("code", "5xx")];
+        assert_eq!(value(&m, "weir_requests_total", &failed), 1.0, "{status}");
+        assert_eq!(value(&m, "weir_errors_total", &[("kind", "protocol")]), 1.0);
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_stream_is_passed_on_unmeasured_not_counted_an_error() {
+    let log = AccessLog::capture();
+    let gzip: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not really gzip";
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
+    let script = vec![
+        Step::Raw(head.to_vec()),
+        Step::Chunk(gzip.to_vec()),
+        end_chunks(),
+    ];
+    let gw = start_gateway(&[start(script).await]).await;
+    let mut req = post(gw.addr, "/v1/chat/completions", &with_usage());
+    req.headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
+    req.headers_mut()
+        .insert("x-request-id", "gz".parse().unwrap());
+    let (status, headers, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(body.to_vec(), gzip, "passed on as it came");
+    let m = outcome_counts(gw.admin_addr).await;
+    assert_eq!(value(&m, "weir_requests_total", &[("outcome", "ok")]), 1.0);
+    assert_eq!(sum(&m, "weir_errors_total", &[]), Some(0.0));
+    let line = &log.of("gz")[0];
+    assert_eq!(line["unmeasured"], true, "{line}");
+}
+
+#[tokio::test]
 async fn an_oversized_event_is_passed_on_unparsed_and_the_rest_still_measured() {
     let mut huge = b"data: {\"x\":\"".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 3 << 20));

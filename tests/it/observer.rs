@@ -183,14 +183,22 @@ fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeou
     }
 }
 
+fn sse_headers() -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        "text/event-stream; charset=utf-8".parse().unwrap(),
+    );
+    h
+}
+
 /// Runs chunks through the body observer as the gateway does; returns what the client got
 /// and the metrics text.
 async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
     let metrics = Metrics::new(vec!["tiny-llama".into()]);
     let ex = exchange(&metrics, strip_usage, weir::config::Timeouts::default());
     let upstream = Chunks(chunks.into());
-    let sse = Some(&b"text/event-stream; charset=utf-8"[..]);
-    let body = ObservedBody::new(upstream, ex, sse, false);
+    let body = ObservedBody::new(upstream, ex, &sse_headers(), false);
     let out = body
         .collect()
         .await
@@ -240,8 +248,7 @@ async fn deadlines_pass_even_when_the_backend_always_has_more() {
             first: Some(Bytes::from_static(role)),
             then: Bytes::copy_from_slice(event),
         };
-        let sse = Some(&b"text/event-stream"[..]);
-        let body = ObservedBody::new(upstream, ex, sse, false);
+        let body = ObservedBody::new(upstream, ex, &sse_headers(), false);
         let out = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
             .await
             .unwrap_or_else(|_| panic!("{kind}: the body never ended"))

@@ -86,6 +86,10 @@ impl Sim {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<SimBody> {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let post = *req.method() == Method::POST;
+        if !self.authorized(&req) {
+            let body = SimBody::full(Bytes::from_static(br#"{"error":"Unauthorized"}"#));
+            return respond(StatusCode::UNAUTHORIZED, Some(JSON), body);
+        }
         match req.uri().path() {
             "/v1/chat/completions" if post => self.generate(Kind::Chat, req).await,
             "/v1/completions" if post => self.generate(Kind::Completion, req).await,
@@ -113,6 +117,21 @@ impl Sim {
             | "/metrics" => detail(StatusCode::METHOD_NOT_ALLOWED),
             _ => detail(StatusCode::NOT_FOUND),
         }
+    }
+
+    /// vLLM's `--api-key` check: only the `/v1` routes need the key.
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(key) = &self.cfg.api_key else {
+            return true;
+        };
+        if !req.uri().path().starts_with("/v1") {
+            return true;
+        }
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        given == Some(format!("Bearer {key}").as_str())
     }
 
     fn overrides(&self, headers: &HeaderMap) -> Result<(Timing, Option<Fault>), ApiError> {

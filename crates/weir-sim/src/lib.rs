@@ -84,6 +84,10 @@ pub struct SimConfig {
     /// If set, every "created" field carries this value (for byte comparisons).
     #[arg(long)]
     pub fixed_created: Option<u64>,
+    /// As `vllm serve --api-key`: requests to `/v1/*` need `Authorization: Bearer <key>`, or
+    /// get vLLM's 401 `{"error":"Unauthorized"}`.
+    #[arg(long)]
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -100,6 +104,7 @@ impl Default for SimConfig {
             error_rate: 0.0,
             fault: None,
             fixed_created: None,
+            api_key: None,
         }
     }
 }
