@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::Answer;
-use crate::observe::ObservedBody;
+use crate::observe::{ObservedBody, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
 
@@ -129,6 +129,7 @@ where
         if let Some(answer) = res.extensions_mut().remove::<Answer>() {
             ex.answered(answer);
         }
+        let close = res.extensions_mut().remove::<UpstreamClose>().map(|c| c.0);
         let status = res.status();
         ex.watch.status = status;
         let nothing_to_send = *this.head
@@ -136,7 +137,7 @@ where
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let (parts, body) = res.into_parts();
-        let body = ObservedBody::new(body, ex, &parts.headers, nothing_to_send);
+        let body = ObservedBody::new(body, ex, &parts.headers, nothing_to_send, close);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

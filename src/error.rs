@@ -33,6 +33,8 @@ pub enum GatewayError {
     Overloaded,
     #[error("too many connections to the gateway; retry shortly")]
     TooManyConnections,
+    #[error("the gateway holds as many request bodies as it may; retry shortly")]
+    MemoryFull,
     #[error("The model `{0}` does not exist.")]
     UnknownModel(String),
     #[error("Not Found: weir passes on the API surface only, and not `{0}`")]
@@ -71,7 +73,9 @@ impl GatewayError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            NoBackend | Overloaded | TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            NoBackend | Overloaded | TooManyConnections | MemoryFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UnknownModel(_) | PathNotFound(_) => StatusCode::NOT_FOUND,
             Connect { .. } | Upstream { .. } => StatusCode::BAD_GATEWAY,
             ConnectTimeout { .. } | Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -83,7 +87,9 @@ impl GatewayError {
     pub fn outcome(&self) -> Outcome {
         use GatewayError::*;
         match self {
-            NoBackend | Overloaded | TooManyConnections | Connect { .. } => Outcome::Unavailable,
+            NoBackend | Overloaded | TooManyConnections | MemoryFull | Connect { .. } => {
+                Outcome::Unavailable
+            }
             Upstream { .. } => Outcome::UpstreamError,
             Timeout { kind, .. } => Outcome::Timeout(kind),
             ConnectTimeout { .. } => Outcome::Timeout("connect"),
@@ -107,7 +113,11 @@ impl GatewayError {
             Upstream { .. } => ErrorKind::Protocol,
             Connect { .. } => ErrorKind::Connect,
             Internal => ErrorKind::Internal,
-            ConnectTimeout { .. } | Timeout { .. } | Overloaded | TooManyConnections => {
+            ConnectTimeout { .. }
+            | Timeout { .. }
+            | Overloaded
+            | TooManyConnections
+            | MemoryFull => {
                 return None;
             }
         })
@@ -127,6 +137,7 @@ impl GatewayError {
             NoBackend => "no_backend",
             Overloaded => "in_flight",
             TooManyConnections => "connections",
+            MemoryFull => "memory",
             UnknownModel(_) => "unknown_model",
             PathNotFound(_) => "path_not_allowed",
             Timeout { .. } | ConnectTimeout { .. } => "timeout",
@@ -176,7 +187,7 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         match self {
-            GatewayError::NoBackend | GatewayError::Overloaded => {
+            GatewayError::NoBackend | GatewayError::Overloaded | GatewayError::MemoryFull => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::TooManyConnections => {

@@ -67,9 +67,10 @@ fn size_table(n: u64) -> io::Result<u64> {
 }
 
 /// Descriptors for a gateway of `max_connections` clients (0: unbounded): one for each
-/// client and one for its backend connection.
+/// client, and two for its backend connection (the socket, and the handle a timer closes it
+/// with when the client stopped reading).
 pub fn for_gateway(max_connections: usize) -> Option<u64> {
-    (max_connections > 0).then(|| (max_connections as u64).saturating_mul(2))
+    (max_connections > 0).then(|| (max_connections as u64).saturating_mul(3))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! everything else through untouched. The edge records refusals like any other request.
 //!
 //! - [`Admission`]: the gateway's own limits (connections, the paths passed on, request head
-//!   size, requests in flight, a declared body over the limit), cheapest first;
+//!   size, a declared body over the limit), cheapest first (requests in flight are counted
+//!   once their body is in: `proxy.rs`);
 //! - [`ApiKeys`]: the client's API key, when keys are configured: the tenant is noted on the
 //!   request's record and the key removed, so it never reaches a backend, a log or a span.
 //!
@@ -144,11 +145,6 @@ impl Check for Admission {
             return Err(GatewayError::HeadTooLarge {
                 limit: limits.max_head_bytes,
             });
-        }
-        let max = limits.max_in_flight;
-        if max > 0 && self.metrics.in_flight().get() > max as i64 {
-            self.metrics.rejected("in_flight").inc();
-            return Err(GatewayError::Overloaded);
         }
         // A body that is read whole (the measured endpoints) and says it is too large is
         // refused before a byte of it is read.

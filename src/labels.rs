@@ -126,7 +126,7 @@ impl ErrorKind {
 pub const RETRY_REASONS: [&str; 2] = ["connect", "unavailable"];
 
 /// Closed set of `weir_rejected_total{reason}` values.
-pub const REJECT_REASONS: [&str; 2] = ["connections", "in_flight"];
+pub const REJECT_REASONS: [&str; 3] = ["connections", "in_flight", "memory"];
 
 /// Closed set of `weir_timeouts_total{kind}` values.
 pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];

@@ -36,6 +36,7 @@ pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod balance;
+pub mod budget;
 pub mod config;
 pub mod demo;
 pub mod edge;

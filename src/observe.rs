@@ -4,20 +4,24 @@
 //! SLO, access log, spans); this module knows none of them.
 
 pub mod body;
+mod cut;
 mod gaps;
 mod observer;
 mod strip;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::Instant;
 use weir_sse::{EventInfo, Usage};
 
+use crate::budget::Budget;
 use crate::config::Timeouts;
 use crate::labels::{Operation, Outcome};
 
 pub use body::ObservedBody;
+pub use cut::{Close, UpstreamClose};
 pub use gaps::Gaps;
 
 /// Most choices (`n`) a request's record keeps a finish reason for.
@@ -50,6 +54,8 @@ pub struct Watch {
     pub max_sse_line: usize,
     /// The gateway answered itself, and this is how the request ended, whatever its body.
     pub answered: Option<Outcome>,
+    /// The gateway's budget for bodies held whole (a JSON response kept to read its usage).
+    pub budget: Option<Arc<Budget>>,
 }
 
 impl Watch {
@@ -70,6 +76,7 @@ impl Watch {
             timeouts,
             max_sse_line,
             answered: None,
+            budget: None,
         }
     }
 }

@@ -11,23 +11,24 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
 use crate::backend::Backend;
 use crate::balance::{NoPick, Pool};
+use crate::budget::Reservation;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientAddr};
 use crate::health;
 use crate::inspect::{Inspected, inspect};
 use crate::labels::{ErrorKind, Operation};
-use crate::observe::MAX_CHOICES;
+use crate::observe::{MAX_CHOICES, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::{AppState, Shared};
 use crate::upstream::UpstreamIncoming;
@@ -131,7 +132,13 @@ async fn forward_request(
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
-    let body = read_body(state, &shared.config, &parts, body, ex).await?;
+    let (body, reservation) = read_body(state, &shared.config, &parts, body, ex).await?;
+    // In flight once the body is in: clients slow to send theirs hold no slot.
+    let Some(admitted) = state.admit(shared.config.limits.max_in_flight) else {
+        state.metrics.rejected("in_flight").inc();
+        return Err(GatewayError::Overloaded);
+    };
+    ex.admitted = Some(admitted);
     parts.version = http::Version::HTTP_11;
     let client_addr = parts.extensions.get::<ClientAddr>().map(|a| a.0);
     let body_len = match &body {
@@ -144,6 +151,8 @@ async fn forward_request(
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let res = call_upstream(state, shared, parts, body, ex).await?;
+    // The body is sent (and no other attempt will send it again).
+    drop(reservation);
     let status = res.status();
     if status == StatusCode::SWITCHING_PROTOCOLS || status.as_u16() >= 600 {
         // Not an answer a client can be given: the connection is dropped with the response.
@@ -153,6 +162,9 @@ async fn forward_request(
         });
     }
     let (mut head, body) = res.into_parts();
+    if let Some(close) = body.closer() {
+        head.extensions.insert(UpstreamClose(Arc::new(close)));
+    }
     forward::strip_hop_by_hop(&mut head.headers);
     if ex.watch.strip_usage {
         head.headers.remove(header::CONTENT_LENGTH);
@@ -166,35 +178,36 @@ enum UpBody {
     Stream(Incoming),
 }
 
-/// Reads a measured endpoint's JSON body whole, within the body deadline, and inspects it
-/// (model, stream, max_tokens, n; usage asked for). Other bodies stream through.
+/// Reads a measured endpoint's JSON body whole, within the body deadline and the memory
+/// budget, and inspects it (model, stream, max_tokens, n; usage asked for). Other bodies
+/// stream through. The reservation holds the body's bytes against the budget until sent.
 async fn read_body(
     state: &AppState,
     config: &Config,
     parts: &http::request::Parts,
     body: Incoming,
     ex: &mut Exchange,
-) -> Result<UpBody, GatewayError> {
+) -> Result<(UpBody, Option<Reservation>), GatewayError> {
     let operation = ex.watch.operation;
     if operation == Operation::Other || parts.method != Method::POST {
-        return Ok(if body.is_end_stream() {
+        let body = if body.is_end_stream() {
             UpBody::Bytes(Bytes::new())
         } else {
             UpBody::Stream(body)
-        });
+        };
+        return Ok((body, None));
     }
     let limits = &config.limits;
-    let read = Limited::new(body, limits.max_request_body).collect();
     let deadline = ex.watch.t0 + limits.body_read_timeout;
+    let mut reservation = state.buffered.reserve();
+    let read = read_whole(body, limits.max_request_body, &mut reservation);
     let bytes = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(GatewayError::BodyTimeout(limits.body_read_timeout)),
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(GatewayError::BodyTooLarge {
-                limit: limits.max_request_body,
-            });
+        Ok(Err(GatewayError::MemoryFull)) => {
+            state.metrics.rejected("memory").inc();
+            return Err(GatewayError::MemoryFull);
         }
-        Ok(Err(e)) => return Err(GatewayError::ClientBody(e.to_string())),
+        Ok(result) => result?,
     };
     let Inspected {
         model,
@@ -213,7 +226,38 @@ async fn read_body(
     (ex.model, ex.max_tokens) = (model, max_tokens);
     let w = &mut ex.watch;
     (w.stream, w.n, w.strip_usage) = (stream, n.min(MAX_CHOICES), strip_usage);
-    Ok(UpBody::Bytes(body))
+    Ok((UpBody::Bytes(body), Some(reservation)))
+}
+
+/// The whole body, at most `max` bytes, each reserved before it is kept.
+async fn read_whole(
+    mut body: Incoming,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, GatewayError> {
+    let declared = body
+        .size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
+    let mut all = BytesMut::with_capacity(declared.unwrap_or(0).min(max));
+    if !reservation.grow(all.capacity()) {
+        return Err(GatewayError::MemoryFull);
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if all.len() + data.len() > max {
+            return Err(GatewayError::BodyTooLarge { limit: max });
+        }
+        let more = (all.len() + data.len()).saturating_sub(reservation.held());
+        if !reservation.grow(more) {
+            return Err(GatewayError::MemoryFull);
+        }
+        all.extend_from_slice(&data);
+    }
+    Ok(all.freeze())
 }
 
 /// Why an attempt got no response to hand on.

@@ -14,7 +14,7 @@ use crate::error::Answer;
 use crate::labels::{ErrorKind, Operation, Outcome, status_class};
 use crate::metrics::{Metrics, Series};
 use crate::observe::{Measurement, Recorder, Watch};
-use crate::state::{AppState, Shared};
+use crate::state::{Admitted, AppState, Shared};
 use crate::telemetry::access::AccessLine;
 use crate::trace::RequestTrace;
 
@@ -31,6 +31,8 @@ pub struct Exchange {
     pub metrics: Metrics,
     /// Counts as load on the backend until the exchange is dropped.
     pub load: Option<Load>,
+    /// Counts in flight to the backends until the exchange is dropped.
+    pub admitted: Option<Admitted>,
     /// The API key's name, when auth is on and the key was good.
     pub tenant: Option<Arc<str>>,
     /// Set when the gateway answered itself.
@@ -51,13 +53,15 @@ impl Exchange {
             .to_string();
         let config = &shared.config;
         let none = metrics.no_backend();
+        let mut watch = Watch::new(
+            t0,
+            operation,
+            config.timeouts.clone(),
+            config.limits.max_sse_line,
+        );
+        watch.budget = Some(state.buffered.clone());
         Exchange {
-            watch: Watch::new(
-                t0,
-                operation,
-                config.timeouts.clone(),
-                config.limits.max_sse_line,
-            ),
+            watch,
             request_id,
             trace: state.telemetry.request(req.headers(), operation, t0),
             model: None,
@@ -66,6 +70,7 @@ impl Exchange {
             backend: none,
             metrics: metrics.clone(),
             load: None,
+            admitted: None,
             tenant: None,
             answer: None,
         }

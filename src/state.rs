@@ -5,10 +5,12 @@
 //! another; the health checker and the admin listener read the current one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
 use crate::balance::Pool;
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -34,19 +36,42 @@ impl Shared {
 pub struct AppState {
     pub metrics: Metrics,
     pub telemetry: Telemetry,
+    /// Bytes of bodies held whole, all requests together.
+    pub buffered: Arc<Budget>,
+    /// Requests sent (or about to be) to the backends.
+    upstream: Arc<AtomicUsize>,
     current: ArcSwap<Shared>,
+}
+
+/// A request counted in flight to the backends until dropped.
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AppState {
     /// Starts the trace pipeline (on the current runtime) and builds the backend pool.
     pub fn new(config: Config, metrics: Metrics) -> AppState {
         let telemetry = Telemetry::start(&config.telemetry, &metrics);
+        let buffered = Budget::new(config.limits.max_buffered_bytes);
         let shared = Shared::new(config, None, &metrics);
         AppState {
             metrics,
             telemetry,
+            buffered,
+            upstream: Arc::new(AtomicUsize::new(0)),
             current: ArcSwap::from_pointee(shared),
         }
+    }
+
+    /// Counts a request in flight to the backends, unless `max` (0: no limit) are already.
+    pub fn admit(&self, max: usize) -> Option<Admitted> {
+        let n = self.upstream.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(self.upstream.clone());
+        (max == 0 || n < max).then_some(admitted)
     }
 
     /// The config, pool and keys in force now.
@@ -59,6 +84,7 @@ impl AppState {
     /// with. Backends whose settings are unchanged keep their connections, load and health.
     pub fn reload(&self, config: Config) {
         let old = self.current();
+        self.buffered.set_limit(config.limits.max_buffered_bytes);
         self.metrics.add_models(&config.known_models());
         let shared = Shared::new(config, Some(&old.pool), &self.metrics);
         for b in &old.pool.backends {

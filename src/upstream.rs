@@ -12,6 +12,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -40,6 +41,8 @@ type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 struct Conn {
     send: http1::SendRequest<UpstreamBody>,
     conn: Connection,
+    /// A second handle on the socket, to close it from outside the task that drives it.
+    socket: Arc<OwnedFd>,
     /// The connection future has finished (closed or failed): never to be reused.
     done: bool,
     relay: Arc<Relay>,
@@ -338,6 +341,12 @@ impl Inner {
             .and_then(|r| r)
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let socket = Arc::new(
+            stream
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(UpstreamError::Connect)?,
+        );
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -346,6 +355,7 @@ impl Inner {
         Ok(Conn {
             send,
             conn,
+            socket,
             done: false,
             waker: Waker::from(relay.clone()),
             relay,
@@ -442,6 +452,17 @@ impl Body for UpstreamIncoming {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl UpstreamIncoming {
+    /// Closes the connection this body comes on, from anywhere (a timer, another task): the
+    /// backend sees the request abandoned, and this body ends with an error when polled.
+    pub fn closer(&self) -> Option<impl Fn() + Send + Sync + 'static> {
+        let socket = self.conn.as_ref()?.socket.clone();
+        Some(move || {
+            let _ = rustix::net::shutdown(&*socket, rustix::net::Shutdown::Both);
+        })
     }
 }
 

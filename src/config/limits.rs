@@ -25,8 +25,13 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Open client connections; more get a 503 and are closed (0: no limit).
     pub max_connections: usize,
-    /// Requests in flight; more get a 503 with Retry-After (0: no limit).
+    /// Requests in flight to the backends (counted once their body is in); more get a 503
+    /// with Retry-After (0: no limit).
     pub max_in_flight: usize,
+    /// Bytes of bodies held whole in memory, all requests together: request bodies read for
+    /// inspection, response bodies kept to read their usage. A request body that would go
+    /// past it gets a 503 with Retry-After; a response body passes unmeasured.
+    pub max_buffered_bytes: usize,
     /// Longest SSE line the observer holds across chunks; a longer one is passed on
     /// unparsed and the request's measurement marked degraded.
     pub max_sse_line: usize,
@@ -41,6 +46,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_in_flight: 4096,
+            max_buffered_bytes: 512 * 1024 * 1024,
             max_sse_line: 1 << 20,
         }
     }
@@ -70,6 +76,12 @@ impl Limits {
             return Err(ConfigError::invalid(
                 "limits.max_head_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.max_buffered_bytes < self.max_request_body {
+            return Err(ConfigError::invalid(
+                "limits.max_buffered_bytes",
+                "must be at least limits.max_request_body",
             ));
         }
         if self.max_request_body == 0 {

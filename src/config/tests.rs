@@ -31,7 +31,9 @@ fn shipped_config_is_valid() {
     assert_eq!(c.limits.body_read_timeout, d.limits.body_read_timeout);
     assert_eq!(c.limits.max_connections, d.limits.max_connections);
     assert_eq!(c.limits.max_in_flight, d.limits.max_in_flight);
+    assert_eq!(c.limits.max_buffered_bytes, d.limits.max_buffered_bytes);
     assert_eq!(c.limits.max_sse_line, d.limits.max_sse_line);
+    assert_eq!(c.proxy, d.proxy);
     assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
     assert_eq!(c.shutdown_grace, d.shutdown_grace);
     assert_eq!(c.telemetry, d.telemetry);

@@ -10,9 +10,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::Recorder;
 use super::observer::{End, Mode, Observer, join};
-use crate::labels::Outcome;
+use super::{Close, Recorder};
 
 /// Errors passed to the client's connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +29,7 @@ pin_project! {
     impl<B, R: Recorder> PinnedDrop for ObservedBody<B, R> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(obs) = this.project().observer.take() {
-                let outcome = if obs.meas.done { obs.final_outcome() } else { Outcome::Cancelled };
+                let outcome = obs.abandoned();
                 (*obs).finish(outcome);
             }
         }
@@ -41,9 +40,15 @@ impl<B: Body, R: Recorder> ObservedBody<B, R> {
     /// Wraps `inner`; the response's headers decide how it is read. When the client gets no
     /// body (`nothing_to_send`: a HEAD request, a 204 or 304, an empty body), the request is
     /// finished here.
-    pub fn new(inner: B, rec: R, headers: &http::HeaderMap, nothing_to_send: bool) -> Self {
-        let obs = Observer::new(rec, headers);
+    pub fn new(
+        inner: B,
+        rec: R,
+        headers: &http::HeaderMap,
+        nothing_to_send: bool,
+        close: Option<Close>,
+    ) -> Self {
         let ended = nothing_to_send || inner.is_end_stream();
+        let obs = Observer::new(rec, headers, close.filter(|_| !ended));
         let observer = if ended {
             let outcome = obs.final_outcome();
             (*obs).finish(outcome);
@@ -60,6 +65,12 @@ impl<B: Body, R: Recorder> ObservedBody<B, R> {
 }
 
 impl<B, R: Recorder> ObservedBody<B, R> {
+    /// Bytes the observer holds for this response now (SSE: at most four times
+    /// `max_sse_line`, whatever the backend sends; JSON: at most 16 MiB, within the budget).
+    pub fn held_bytes(&self) -> usize {
+        self.observer.as_ref().map_or(0, |o| o.held())
+    }
+
     /// Passes `inner` on without observing it.
     pub fn unobserved(inner: B) -> Self {
         ObservedBody {

@@ -11,8 +11,10 @@ use tokio::time::{Instant, Sleep};
 use weir_sse::{self as sse, SseParser};
 
 use super::body::BoxError;
+use super::cut::{Close, Cut};
 use super::strip::Strip;
 use super::{Measurement, Recorder};
+use crate::budget::Reservation;
 use crate::labels::{Operation, Outcome};
 
 /// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
@@ -27,7 +29,12 @@ pub(super) enum Mode {
         strip: Option<Strip>,
     },
     /// A JSON body: frames kept by reference, parsed once at the end.
-    Json { frames: Vec<Bytes>, len: usize },
+    Json {
+        frames: Vec<Bytes>,
+        len: usize,
+        /// The kept frames' bytes against the gateway's budget (None: not counted).
+        held: Option<Reservation>,
+    },
     /// Anything else: only timed.
     Plain,
 }
@@ -40,13 +47,16 @@ pub(super) struct Observer<R> {
     /// When the last frame arrived (the response head at first): the idle timeout's start.
     pub(super) last_frame: Instant,
     pub(super) timer: Option<Pin<Box<Sleep>>>,
+    /// Closes the upstream at the total deadline even if the body is never polled again.
+    pub(super) cut: Option<Cut>,
 }
 
 impl<R: Recorder> Observer<R> {
     /// Observes a response with these headers: an event stream is parsed event by event, a
     /// JSON body once at its end, anything else (or anything compressed) only timed.
-    pub(super) fn new(rec: R, headers: &HeaderMap) -> Box<Self> {
+    pub(super) fn new(rec: R, headers: &HeaderMap, close: Option<Close>) -> Box<Self> {
         let w = rec.watch();
+        let cut = close.and_then(|c| Cut::arm(w.t0 + w.timeouts.total, c));
         let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
         let is = |p: &[u8]| {
             content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))
@@ -71,6 +81,7 @@ impl<R: Recorder> Observer<R> {
             Mode::Json {
                 frames: Vec::new(),
                 len: 0,
+                held: w.budget.as_ref().map(|b| b.reserve()),
             }
         } else {
             Mode::Plain
@@ -78,6 +89,7 @@ impl<R: Recorder> Observer<R> {
         Box::new(Observer {
             last_frame: Instant::now(),
             timer: None,
+            cut,
             rec,
             meas,
             mode,
@@ -97,12 +109,20 @@ impl<R: Recorder> Observer<R> {
         *last_frame = now;
         match mode {
             Mode::Plain => Some(chunk),
-            Mode::Json { frames, len } => {
+            Mode::Json { frames, len, held } => {
                 *len += chunk.len();
-                if *len <= MAX_JSON_BODY {
+                let keep = !meas.unmeasured
+                    && *len <= MAX_JSON_BODY
+                    && held.as_mut().is_none_or(|r| r.grow(chunk.len()));
+                if keep {
                     frames.push(chunk.clone());
-                } else {
-                    frames.clear();
+                } else if !meas.unmeasured {
+                    // Too large, or no room in the budget: passed on, not read.
+                    *frames = Vec::new();
+                    if let Some(r) = held {
+                        r.release();
+                    }
+                    meas.unmeasured = true;
                 }
                 Some(chunk)
             }
@@ -144,6 +164,18 @@ impl<R: Recorder> Observer<R> {
         }
     }
 
+    /// How a body that the client stopped taking ended: by the total deadline if that closed
+    /// the upstream, else the client went away.
+    pub(super) fn abandoned(&self) -> Outcome {
+        if self.cut.as_ref().is_some_and(Cut::fired) {
+            Outcome::Timeout("total")
+        } else if self.meas.done {
+            self.final_outcome()
+        } else {
+            Outcome::Cancelled
+        }
+    }
+
     /// The outcome of a body that ended cleanly.
     /// An error event, events that are not JSON, a stream without `[DONE]`, or a streamed
     /// generation answered with something other than an event stream: the backend failed
@@ -166,8 +198,11 @@ impl<R: Recorder> Observer<R> {
     }
 
     pub(super) fn finish(mut self, outcome: Outcome) {
+        if let Some(cut) = &self.cut {
+            cut.disarm();
+        }
         let end = Instant::now();
-        if let Mode::Json { frames, len } = &mut self.mode {
+        if let Mode::Json { frames, len, .. } = &mut self.mode {
             let body = match frames.len() {
                 0 => Bytes::new(),
                 1 => frames[0].clone(),
@@ -252,6 +287,18 @@ impl<R: Recorder> Observer<R> {
         }
     }
 
+    /// Bytes held for this response: the parser's buffers, bytes held back by usage
+    /// stripping, JSON frames kept to read the usage.
+    pub(super) fn held(&self) -> usize {
+        match &self.mode {
+            Mode::Sse { parser, strip } => {
+                parser.held() + strip.as_ref().map_or(0, |s| s.pending.len())
+            }
+            Mode::Json { frames, .. } => frames.iter().map(Bytes::len).sum(),
+            Mode::Plain => 0,
+        }
+    }
+
     /// A first-token or total deadline that passed while frames were still coming.
     pub(super) fn overdue(&self) -> Option<&'static str> {
         if self.rec.watch().answered.is_some() {
@@ -277,6 +324,9 @@ impl<R: Recorder> Observer<R> {
                 let outcome = self.final_outcome();
                 self.finish(outcome);
                 rest.map(|b| Ok(Frame::data(b)))
+            }
+            End::Broken(_) if self.cut.as_ref().is_some_and(Cut::fired) => {
+                self.end(End::Timeout("total"))
             }
             End::Broken(e) => {
                 self.meas.stream_error = true;

@@ -353,6 +353,109 @@ async fn a_huge_non_streamed_body_passes_whole() {
 }
 
 #[tokio::test]
+async fn a_json_body_beyond_the_memory_budget_passes_unmeasured() {
+    let log = AccessLog::capture();
+    let mut body = b"{\"choices\":[{\"index\":0,\"message\":{\"content\":\"".to_vec();
+    body.extend(std::iter::repeat_n(b'z', 3 << 20));
+    body.extend_from_slice(b"\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let script = vec![Step::Raw(head.into_bytes()), Step::Raw(body.clone())];
+    let mut c = gateway_config(&[start(script).await]);
+    // Room for one request body of 1 MiB and a little more: not for a 3 MiB answer.
+    c.limits.max_request_body = 1 << 20;
+    c.limits.max_buffered_bytes = 2 << 20;
+    let gw = gateway::start(c).await.unwrap();
+    let mut req = post(gw.addr, "/v1/chat/completions", &chat(false, 5));
+    req.headers_mut()
+        .insert("x-request-id", "big".parse().unwrap());
+    let (status, _, got) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got.len(), body.len(), "passed on whole");
+    let m = outcome_counts(gw.admin_addr).await;
+    assert_eq!(value(&m, "weir_requests_total", &[("outcome", "ok")]), 1.0);
+    assert_eq!(
+        sum(&m, "weir_tokens_total", &[("gen_ai_token_type", "output")]),
+        Some(0.0)
+    );
+    assert_eq!(log.of("big")[0]["unmeasured"], true);
+    assert_eq!(gw.state.buffered.used(), 0, "everything given back");
+}
+
+#[tokio::test]
+async fn empty_answers_are_ok_not_cancelled() {
+    let answers = [
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+    ];
+    for answer in answers {
+        let gw = start_gateway(&[start(vec![Step::Raw(answer.as_bytes().to_vec())]).await]).await;
+        let (status, _, _) = send(
+            &client(),
+            post(
+                gw.addr,
+                "/v1/embeddings",
+                &json!({"model": "tiny-llama", "input": "x"}),
+            ),
+        )
+        .await;
+        assert!(status.is_success(), "{answer}");
+        let m = outcome_counts(gw.admin_addr).await;
+        assert_eq!(
+            value(
+                &m,
+                "weir_requests_total",
+                &[("outcome", "ok"), ("code", "2xx")]
+            ),
+            1.0,
+            "{answer}"
+        );
+    }
+    // HEAD: the response has a length but no body.
+    let sim = start_sim(weir_sim::SimConfig::fast()).await;
+    let gw = start_gateway(&[sim]).await;
+    let req = http::Request::head(format!("http://{}/v1/models", gw.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let (status, _, _) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    let m = outcome_counts(gw.admin_addr).await;
+    assert_eq!(
+        value(
+            &m,
+            "weir_requests_total",
+            &[("outcome", "ok"), ("code", "2xx")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_token_count_that_is_not_one_never_takes_the_counters_down() {
+    let usage = br#"data: {"id":"c","choices":[],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}
+
+"#;
+    let mut script = vec![sse_head()];
+    script.extend(chunks(&[ROLE, TOKEN, usage, DONE]));
+    script.push(end_chunks());
+    let gw = start_gateway(&[start(script).await]).await;
+    let (status, _, _) = send(
+        &client(),
+        post(gw.addr, "/v1/chat/completions", &with_usage()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let m = outcome_counts(gw.admin_addr).await;
+    // The usage is left out (the one token seen is the estimate) and counted as protocol.
+    let output = sum(&m, "weir_tokens_total", &[("gen_ai_token_type", "output")]).unwrap();
+    let input = sum(&m, "weir_tokens_total", &[("gen_ai_token_type", "input")]).unwrap();
+    assert_eq!((input, output), (0.0, 1.0));
+    assert_eq!(value(&m, "weir_errors_total", &[("kind", "protocol")]), 1.0);
+}
+
+#[tokio::test]
 async fn junk_models_never_become_labels() {
     let sim = start_sim(weir_sim::SimConfig::fast()).await;
     let gw = start_gateway(&[sim]).await;

@@ -320,3 +320,127 @@ async fn heads_too_large_slow_bodies_and_declared_huge_bodies_are_refused_and_re
         2.0
     );
 }
+
+/// Opens a connection that sends a request head declaring `len` body bytes, and `sent` of
+/// them, then nothing more (the connection is held open while the value lives).
+async fn slow_body(addr: std::net::SocketAddr, len: usize, sent: usize) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![b' '; sent]).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn clients_slow_to_send_their_bodies_hold_no_in_flight_slot() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.limits.max_in_flight = 8;
+    let gw = gateway::start(c).await.unwrap();
+    // Four times as many slow bodies as there are slots: none of them is in flight yet.
+    let mut slow = Vec::new();
+    for _ in 0..32 {
+        slow.push(slow_body(gw.addr, 100, 1).await);
+    }
+    wait_for_metrics(gw.admin_addr, "the slow bodies arriving", |m| {
+        crate::common::prom::sum(m, "weir_requests_in_flight", &[]) == Some(32.0)
+    })
+    .await;
+    let client = client();
+    for _ in 0..10 {
+        let (status, _, _) = send(
+            &client,
+            post(gw.addr, "/v1/chat/completions", &chat(true, 2)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "a legitimate request is served");
+    }
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_rejected_total", &[("reason", "in_flight")]),
+        0.0
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn request_bodies_beyond_the_memory_budget_get_503() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.limits.max_request_body = 1 << 20;
+    c.limits.max_buffered_bytes = 4 << 20;
+    let gw = gateway::start(c).await.unwrap();
+    // Four bodies of 1 MiB on their way take the whole budget (reserved from their length).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(slow_body(gw.addr, 1 << 20, 1024).await);
+    }
+    wait_for_metrics(gw.admin_addr, "four bodies arriving", |m| {
+        crate::common::prom::sum(m, "weir_requests_in_flight", &[]) == Some(4.0)
+    })
+    .await;
+    assert_eq!(gw.state.buffered.used(), 4 << 20);
+    let mut conn = slow_body(gw.addr, 1 << 20, 0).await;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_rejected_total", &[("reason", "memory")]),
+        1.0
+    );
+    // Once those clients leave, their bytes are given back.
+    drop(held);
+    wait_for_metrics(gw.admin_addr, "the held bodies gone", |m| {
+        crate::common::prom::sum(m, "weir_requests_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(gw.state.buffered.used(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_upstream_at_the_total_timeout() {
+    let sim = start_sim(SimConfig {
+        itl: Duration::from_millis(5),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut c = gateway_config(&[sim]);
+    c.timeouts.total = Duration::from_millis(800);
+    let gw = gateway::start(c).await.unwrap();
+    // An h2 client that grants no flow-control window and never reads: the gateway can send
+    // the response head and nothing after it, so it is never asked for the body again.
+    let stalled = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(0)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let res = open(
+        &stalled,
+        post(gw.addr, "/v1/chat/completions", &chat(true, 400)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // The simulator sees its request abandoned once the total time is up (400 tokens would
+    // take it two seconds).
+    let abort = [("finished_reason", "abort")];
+    wait_for_metrics(sim, "the backend's abort", |m| {
+        crate::common::prom::sum(m, "vllm:request_success_total", &abort) == Some(1.0)
+    })
+    .await;
+    drop(res);
+    let m = wait_for_metrics(gw.admin_addr, "the request recorded", |m| {
+        crate::common::prom::sum(m, "weir_requests_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(value(&m, "weir_timeouts_total", &[("kind", "total")]), 1.0);
+}

@@ -178,6 +178,7 @@ fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeou
         ),
         metrics: metrics.clone(),
         load: None,
+        admitted: None,
         tenant: None,
         answer: None,
     }
@@ -198,7 +199,7 @@ async fn observe(chunks: Vec<Bytes>, strip_usage: bool) -> (Vec<u8>, String) {
     let metrics = Metrics::new(vec!["tiny-llama".into()]);
     let ex = exchange(&metrics, strip_usage, weir::config::Timeouts::default());
     let upstream = Chunks(chunks.into());
-    let body = ObservedBody::new(upstream, ex, &sse_headers(), false);
+    let body = ObservedBody::new(upstream, ex, &sse_headers(), false, None);
     let out = body
         .collect()
         .await
@@ -248,7 +249,7 @@ async fn deadlines_pass_even_when_the_backend_always_has_more() {
             first: Some(Bytes::from_static(role)),
             then: Bytes::copy_from_slice(event),
         };
-        let body = ObservedBody::new(upstream, ex, &sse_headers(), false);
+        let body = ObservedBody::new(upstream, ex, &sse_headers(), false, None);
         let out = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
             .await
             .unwrap_or_else(|_| panic!("{kind}: the body never ended"))
@@ -385,5 +386,48 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (out, _) = rt.block_on(observe(chunks, true));
         prop_assert_eq!(out, without_usage(&stream));
+    }
+}
+
+/// Bytes a hostile backend might send, in pieces that look like SSE and JSON often enough to
+/// reach every state of the parser.
+fn hostile_chunk() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(&b"data: "[..]),
+        Just(&b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}"[..]),
+        Just(&b"{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}"[..]),
+        Just(&b"[DONE]"[..]),
+        Just(&b"\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b"\n\n"[..]),
+        Just(&b": keep-alive"[..]),
+        Just(&b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"[..]),
+    ];
+    proptest::collection::vec(piece, 1..64).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn the_observer_holds_a_bounded_amount_for_any_stream(
+        chunks in proptest::collection::vec(hostile_chunk(), 1..200),
+        strip_usage in any::<bool>(),
+    ) {
+        const MAX_LINE: usize = 1024;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let worst = rt.block_on(async move {
+            let metrics = Metrics::new(vec!["tiny-llama".into()]);
+            let mut ex = exchange(&metrics, strip_usage, weir::config::Timeouts::default());
+            ex.watch.max_sse_line = MAX_LINE;
+            let chunks: Vec<Bytes> = chunks.into_iter().map(Bytes::from).collect();
+            let mut body = ObservedBody::new(Chunks(chunks.into()), ex, &sse_headers(), false, None);
+            let mut worst = 0;
+            while let Some(frame) = body.frame().await {
+                frame.expect("infallible");
+                worst = worst.max(body.held_bytes());
+            }
+            worst
+        });
+        prop_assert!(worst <= 4 * MAX_LINE, "held {worst} bytes");
     }
 }
