@@ -8,6 +8,11 @@
 //! and its body channel give each other inside one poll do not schedule the task again.
 //! An idle connection is not polled at all: it is checked for a close from the backend when
 //! it is taken out of the pool, and closed after `idle_timeout`.
+//!
+//! Kept over hyper-util's pooled client by measurement (BENCHMARKS.md): 12–15 % fewer
+//! instructions per request, up to 19 % less CPU per token, and two things that client does
+//! not do — sending a buffered request again when the backend closed a reused connection
+//! before answering, and closing a connection from outside its task (`closer`).
 
 use std::fmt;
 use std::future::Future;
