@@ -67,24 +67,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if let Some(t) = opts.header_read_timeout {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(t);
-    }
-    if let Some(n) = opts.max_head_bytes {
-        builder.http1().max_buf_size((2 * n).max(16 * 1024));
-        builder
-            .http2()
-            .max_header_list_size(u32::try_from(2 * n).unwrap_or(u32::MAX));
-    }
-    let builders = Arc::new(Builders {
-        h1: builder.clone().http1_only(),
-        h2: builder.clone().http2_only(),
-        auto: builder,
-    });
+    let builders = Arc::new(Builders::new(&opts));
     let header_read_timeout = opts.header_read_timeout;
     let slots = opts.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     let graceful = GracefulShutdown::new();
@@ -124,34 +107,13 @@ where
                 req.extensions_mut().insert(ClientAddr(peer));
                 req
             });
-        let watcher = graceful.watcher();
-        let builders = builders.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let sniffed = async {
-                match header_read_timeout {
-                    Some(t) => tokio::time::timeout(t, sniff(&stream)).await.ok(),
-                    None => Some(sniff(&stream).await),
-                }
-            };
-            let proto = tokio::select! {
-                p = sniffed => p,
-                _ = stop.wait_for(|&s| s) => None,
-            };
-            // Nothing sent in time, or shutting down: close.
-            let Some(proto) = proto else { return };
-            let builder = match proto {
-                Proto::Http1 => &builders.h1,
-                Proto::H2c => &builders.h2,
-                Proto::Unsure => &builders.auto,
-            };
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        let conn = Conn {
+            builders: builders.clone(),
+            header_read_timeout,
+            stop: stop.clone(),
+            watcher: graceful.watcher(),
+        };
+        tokio::spawn(conn.serve(stream, peer, svc, permit));
     }
     drop(listener);
     let _ = stopping.send(true);
@@ -169,6 +131,81 @@ struct Builders {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(opts: &Options) -> Builders {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if let Some(t) = opts.header_read_timeout {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(t);
+        }
+        if let Some(n) = opts.max_head_bytes {
+            builder.http1().max_buf_size((2 * n).max(16 * 1024));
+            builder
+                .http2()
+                .max_header_list_size(u32::try_from(2 * n).unwrap_or(u32::MAX));
+        }
+        Builders {
+            h1: builder.clone().http1_only(),
+            h2: builder.clone().http2_only(),
+            auto: builder,
+        }
+    }
+}
+
+/// What serving one accepted connection needs.
+struct Conn {
+    builders: Arc<Builders>,
+    header_read_timeout: Option<Duration>,
+    /// Turns true on shutdown: a connection not yet handed to hyper ends.
+    stop: watch::Receiver<bool>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// Tells HTTP/1 from h2c by the first bytes, then serves the connection to its end.
+    async fn serve<S, B>(
+        mut self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        svc: S,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let sniffed = async {
+            match self.header_read_timeout {
+                Some(t) => tokio::time::timeout(t, sniff(&stream)).await.ok(),
+                None => Some(sniff(&stream).await),
+            }
+        };
+        let proto = tokio::select! {
+            p = sniffed => p,
+            _ = self.stop.wait_for(|&s| s) => None,
+        };
+        // Nothing sent in time, or shutting down: close.
+        let Some(proto) = proto else { return };
+        let builder = match proto {
+            Proto::Http1 => &self.builders.h1,
+            Proto::H2c => &self.builders.h2,
+            Proto::Unsure => &self.builders.auto,
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+        drop(permit);
+    }
 }
 
 #[derive(Debug, PartialEq)]

@@ -17,15 +17,13 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Wake;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -40,108 +38,9 @@ use tokio::time::Instant;
 
 use crate::forward::UpstreamBody;
 
-type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
+mod conn;
 
-/// One HTTP/1.1 connection to the backend: the sending half and the connection state.
-struct Conn {
-    send: http1::SendRequest<UpstreamBody>,
-    conn: Connection,
-    /// A second handle on the socket, to close it from outside the task that drives it.
-    socket: Arc<OwnedFd>,
-    /// The connection future has finished (closed or failed): never to be reused.
-    done: bool,
-    relay: Arc<Relay>,
-    /// `relay` as a waker.
-    waker: Waker,
-}
-
-/// The waker the backend connection is polled with. It notes that the connection has
-/// something to do (its socket is ready, its body channel has room again); a wake-up while
-/// [`Conn::poll_with`] is at work only makes that poll go round once more, one at any other
-/// time also wakes the task that polled last.
-struct Relay {
-    target: AtomicWaker,
-    polling: AtomicBool,
-    /// Woken since the connection was last polled.
-    woken: AtomicBool,
-}
-
-impl Relay {
-    fn new() -> Self {
-        Relay {
-            target: AtomicWaker::new(),
-            polling: AtomicBool::new(false),
-            woken: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Wake for Relay {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Noted first: a poll that has just ended sees it, or this sees `polling` false.
-        self.woken.store(true, Ordering::SeqCst);
-        if !self.polling.load(Ordering::SeqCst) {
-            self.target.wake();
-        }
-    }
-}
-
-/// Rounds of one poll before a wake-up is passed on to the task instead.
-const MAX_ROUNDS: usize = 4;
-
-impl Conn {
-    /// Polls `f`, which reads what the connection delivers (the response, its body), after
-    /// driving the connection if it was woken since last time. `f` gets no waker: only the
-    /// connection, driven here, can make it ready.
-    fn poll_with<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let Conn {
-            conn,
-            done,
-            relay,
-            waker,
-            ..
-        } = self;
-        relay.target.register(cx.waker());
-        let mut rcx = Context::from_waker(waker);
-        let mut quiet = Context::from_waker(Waker::noop());
-        for _ in 0..MAX_ROUNDS {
-            relay.polling.store(true, Ordering::SeqCst);
-            if relay.woken.swap(false, Ordering::SeqCst) {
-                drive(conn, done, &mut rcx);
-            }
-            let polled = f(&mut quiet);
-            relay.polling.store(false, Ordering::SeqCst);
-            // Ready: whoever gets it polls again for more, and the connection is driven then.
-            if polled.is_ready() || !relay.woken.load(Ordering::SeqCst) {
-                return polled;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// Polled once without a waker: true if it can take a request now.
-    fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        drive(&mut self.conn, &mut self.done, &mut cx) && self.send.is_ready()
-    }
-}
-
-/// Advances a connection's state machine unless it has finished; false once it has.
-fn drive(conn: &mut Connection, done: &mut bool, cx: &mut Context<'_>) -> bool {
-    if !*done && Pin::new(conn).poll(cx).is_ready() {
-        *done = true;
-    }
-    !*done
-}
+use conn::{Conn, Relay};
 
 struct Idle {
     conn: Conn,
