@@ -113,10 +113,14 @@ fn stream_options(raw: &str) -> Option<Option<bool>> {
 /// JSON request (only the model is read). Invalid JSON is refused; valid JSON of an
 /// unexpected shape is passed on untouched for the backend to judge.
 pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
-    let head = match serde_json::from_slice::<Head<'_>>(&body) {
+    // JSON is UTF-8 (RFC 8259), and the parser does not look inside the strings it skips.
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return Err(GatewayError::InvalidJson("the body is not UTF-8".into()));
+    };
+    let head = match serde_json::from_str::<Head<'_>>(text) {
         Ok(h) => h,
         Err(e) => {
-            if let Err(e) = serde_json::from_slice::<IgnoredAny>(&body) {
+            if let Err(e) = serde_json::from_str::<IgnoredAny>(text) {
                 return Err(GatewayError::InvalidJson(e.to_string()));
             }
             tracing::debug!(error = %e, "request body of unexpected shape, passed on as is");
@@ -289,5 +293,14 @@ mod tests {
         assert!(i.strip_usage);
         let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_even_inside_a_skipped_string() {
+        let b = Bytes::from_static(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xff\xfe\"}]}");
+        assert!(matches!(
+            inspect(b, true),
+            Err(GatewayError::InvalidJson(_))
+        ));
     }
 }
