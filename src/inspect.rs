@@ -151,7 +151,7 @@ pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
     let body = if !strip_usage {
         body
     } else if has_options {
-        rewrite_options(&body)?
+        rewrite_options(text)?
     } else {
         splice_options(&body)
     };
@@ -179,19 +179,74 @@ fn splice_options(body: &[u8]) -> Bytes {
 
 /// The client sent `stream_options` without `include_usage: true`: set it, and turn off
 /// `continuous_usage_stats` (vLLM only honours it with include_usage, so the client would
-/// not have seen it).
-fn rewrite_options(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
-    let opts = v
-        .get_mut("stream_options")
-        .and_then(serde_json::Value::as_object_mut)
-        .ok_or_else(|| GatewayError::BadRequest("`stream_options` must be an object".into()))?;
-    opts.insert("include_usage".into(), true.into());
-    if opts.contains_key("continuous_usage_stats") {
-        opts.insert("continuous_usage_stats".into(), false.into());
+/// not have seen it). Every other member is kept as it was sent, in its place, numbers
+/// digit for digit (JSON numbers have no range; a parser's floats do).
+fn rewrite_options(body: &str) -> Result<Bytes, GatewayError> {
+    let top: Pairs<'_> =
+        serde_json::from_str(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let not_object = || GatewayError::BadRequest("`stream_options` must be an object".into());
+    // A key given twice counts with its last value.
+    let last = top
+        .0
+        .iter()
+        .rposition(|(k, _)| k == "stream_options")
+        .ok_or_else(not_object)?;
+    let opts: Pairs<'_> = serde_json::from_str(top.0[last].1.get()).map_err(|_| not_object())?;
+    let continuous = opts.0.iter().any(|(k, _)| k == "continuous_usage_stats");
+    let mut rewritten = String::from("{");
+    for (k, v) in &opts.0 {
+        if k != "include_usage" && k != "continuous_usage_stats" {
+            push_member(&mut rewritten, k, v.get());
+        }
     }
-    Ok(Bytes::from(v.to_string()))
+    push_member(&mut rewritten, "include_usage", "true");
+    if continuous {
+        push_member(&mut rewritten, "continuous_usage_stats", "false");
+    }
+    rewritten.push('}');
+    let mut out = String::with_capacity(body.len() + 64);
+    out.push('{');
+    for (i, (k, v)) in top.0.iter().enumerate() {
+        push_member(&mut out, k, if i == last { &rewritten } else { v.get() });
+    }
+    out.push('}');
+    Ok(Bytes::from(out))
+}
+
+/// Appends `"key":value` to an object being written (after a `,` unless it is the first).
+fn push_member(out: &mut String, key: &str, value: &str) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    out.push_str(&serde_json::Value::from(key).to_string());
+    out.push(':');
+    out.push_str(value);
+}
+
+/// A JSON object's members as they were sent: in order, repeated keys kept, values raw.
+struct Pairs<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Pairs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Pairs<'a>, M::Error> {
+                let mut pairs = Vec::new();
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    pairs.push(entry);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +357,20 @@ mod tests {
             inspect(b, true),
             Err(GatewayError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn options_are_rewritten_keeping_every_other_byte_as_sent() {
+        let b = Bytes::from_static(
+            br#"{"x":9954000E00790,"stream":true,"stream_options":{"include_usage":false},"stream_options":{"a":1.50}}"#,
+        );
+        let i = inspect(b, true).unwrap();
+        assert!(i.strip_usage);
+        assert_eq!(
+            std::str::from_utf8(&i.body).unwrap(),
+            r#"{"x":9954000E00790,"stream":true,"stream_options":{"include_usage":false},"stream_options":{"a":1.50,"include_usage":true}}"#
+        );
+        let again = inspect(i.body, true).unwrap();
+        assert!(!again.strip_usage, "the rewritten body asks for usage");
     }
 }
