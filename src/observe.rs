@@ -38,6 +38,9 @@ pub const MAX_TOKENS: u64 = 1 << 40;
 pub struct Watch {
     /// When the gateway had the request head.
     pub t0: Instant,
+    /// When the request's body had arrived (the head's time when the body is streamed
+    /// through): what the gateway did before that was waiting for the client.
+    pub body_done: Instant,
     /// When the request was handed to the upstream client.
     pub sent: Instant,
     pub operation: Operation,
@@ -67,6 +70,7 @@ impl Watch {
     ) -> Watch {
         Watch {
             t0,
+            body_done: t0,
             sent: t0,
             operation,
             stream: false,

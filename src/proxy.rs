@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tower::Service;
 
 mod upstream_call;
@@ -219,6 +220,7 @@ async fn read_body(
     (ex.model, ex.max_tokens) = (model, max_tokens);
     let w = &mut ex.watch;
     (w.stream, w.n, w.strip_usage) = (stream, n.min(MAX_CHOICES), strip_usage);
+    w.body_done = Instant::now();
     Ok((UpBody::Bytes(body), Some(reservation)))
 }
 

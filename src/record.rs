@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, StatusCode};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode};
 use tokio::time::Instant;
 
 use crate::backend::Load;
@@ -23,6 +24,9 @@ use crate::trace::RequestTrace;
 pub struct Exchange {
     pub watch: Watch,
     pub request_id: String,
+    pub method: Method,
+    /// The request's path (no query: it may carry what is not the operator's to keep).
+    pub path: Option<PathAndQuery>,
     pub trace: RequestTrace,
     pub model: Option<String>,
     pub max_tokens: Option<u64>,
@@ -63,6 +67,8 @@ impl Exchange {
         Exchange {
             watch,
             request_id,
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
             trace: state.telemetry.request(req.headers(), operation, t0),
             model: None,
             max_tokens: None,
@@ -200,9 +206,11 @@ impl Figures {
             None if estimated => Some(m.content_events),
             None => None,
         };
-        let tpot = match (ttft, output) {
-            (Some(ttft), Some(out)) if out > 1 && outcome == Outcome::Ok => {
-                Some(e2e.saturating_sub(ttft) / u32::try_from(out - 1).unwrap_or(u32::MAX))
+        // Per choice, as vLLM counts it: with `n` choices the tokens come `n` at a time.
+        let per_choice = output.map(|out| out as f64 / f64::from(w.n.max(1)));
+        let tpot = match (ttft, per_choice) {
+            (Some(ttft), Some(out)) if out > 1.0 && outcome == Outcome::Ok => {
+                Some(e2e.saturating_sub(ttft).div_f64(out - 1.0))
             }
             _ => None,
         };
@@ -223,7 +231,10 @@ impl Figures {
             s.ttft.observe(secs(ttft));
             let upstream = first.saturating_duration_since(w.sent);
             s.upstream_ttft.observe(secs(upstream));
-            s.overhead.observe(secs(ttft.saturating_sub(upstream)));
+            // The gateway's own time: not the client's upload of its body.
+            let upload = w.body_done.saturating_duration_since(w.t0);
+            s.overhead
+                .observe(secs(ttft.saturating_sub(upstream).saturating_sub(upload)));
         }
         if let Some(u) = m.usage {
             s.input_tokens.observe(u.prompt_tokens as f64);
@@ -269,6 +280,8 @@ impl Exchange {
             trace_id: hex_str(&self.trace.trace_id().to_bytes(), &mut trace_hex),
             span_id: hex_str(&self.trace.span_id().to_bytes(), &mut span_hex),
             request_id: &self.request_id,
+            method: self.method.as_str(),
+            path: crate::observe::bounded(self.path.as_ref().map_or("", |p| p.path())),
             tenant: self.tenant.as_deref(),
             model: self.model.as_deref().unwrap_or(""),
             model_label: self.series.model(),
@@ -323,5 +336,29 @@ mod tests {
             "0af7651916cd43dd8448eb211c80319c"
         );
         assert_eq!(hex_str(&[0, 1, 0xff], &mut [0u8; 6]), "0001ff");
+    }
+
+    #[test]
+    fn tpot_is_per_choice() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(
+            t0,
+            Operation::Chat,
+            crate::config::Timeouts::default(),
+            1024,
+        );
+        (w.stream, w.n) = (true, 2);
+        let mut m = Measurement::default();
+        m.first_token = Some(t0 + Duration::from_millis(100));
+        m.usage = Some(weir_sse::Usage {
+            prompt_tokens: 5,
+            completion_tokens: 22,
+        });
+        // Two choices of 11 tokens each: 10 gaps after the first token, over 1 s.
+        let f = Figures::of(&w, &m, Outcome::Ok, Duration::from_millis(1100));
+        assert_eq!(f.tpot, Some(Duration::from_millis(100)));
+        w.n = 1;
+        let f = Figures::of(&w, &m, Outcome::Ok, Duration::from_millis(1100));
+        assert_eq!(f.tpot, Some(Duration::from_millis(1000).div_f64(21.0)));
     }
 }

@@ -24,6 +24,8 @@ pub struct AccessLine<'a> {
     pub trace_id: &'a str,
     pub span_id: &'a str,
     pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<&'a str>,
     pub model: &'a str,
@@ -217,6 +219,8 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             span_id: "b7ad6b7169203331",
             request_id: "r-\"1\"",
+            method: "POST",
+            path: "/v1/chat/completions",
             tenant: None,
             model: "tiny-llama",
             model_label: "tiny-llama",

@@ -481,6 +481,13 @@ async fn only_the_api_surface_is_proxied_and_the_rest_is_refused_and_counted() {
         .filter(|l| l["reason"] == "path_not_allowed")
         .collect();
     assert_eq!(refused.len(), 3, "{refused:?}");
+    // Requests that are not measured are told apart by their method and path.
+    let paths: Vec<&str> = refused
+        .iter()
+        .map(|l| l["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/metrics", "/nope", "/reset_prefix_cache"]);
+    assert!(refused.iter().all(|l| l["method"] == "GET"));
     // The simulator never saw them.
     let served = value(&scrape(sim).await, "vllm:request_success_total", &[]);
     assert_eq!(served, 0.0);
@@ -646,4 +653,42 @@ async fn the_upstream_is_dropped_promptly_when_the_client_leaves() {
             "{fault:?}: upstream dropped after {took:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_clients_upload_is_not_the_gateways_overhead() {
+    use tokio::io::AsyncWriteExt;
+    let sim = start_sim(SimConfig::fast()).await;
+    let gw = start_gateway(&[sim]).await;
+    let body = chat(true, 3).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // A client slow to upload: the body comes 300 ms after the head (the scenario, not a wait
+    // for anything).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // Read to the chunked body's last chunk.
+    while !answer.ends_with(b"\r\n0\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let m = wait_for_metrics(gw.admin_addr, "the request recorded", |m| {
+        sum(m, "weir_requests_total", &[]) == Some(1.0)
+    })
+    .await;
+    // TTFT starts at the head; the gateway's overhead once the body is in.
+    let ttft = value(&m, "gen_ai_server_time_to_first_token_seconds_sum", &CHAT);
+    let overhead = value(&m, "weir_gateway_overhead_seconds_sum", &CHAT);
+    assert!(ttft >= 0.3, "TTFT {ttft}");
+    assert!(overhead < 0.1, "overhead {overhead}");
 }

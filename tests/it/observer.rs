@@ -167,6 +167,8 @@ fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeou
     Exchange {
         watch,
         request_id: "r".into(),
+        method: http::Method::POST,
+        path: Some(http::uri::PathAndQuery::from_static("/v1/chat/completions")),
         trace: RequestTrace::start(None, &http::HeaderMap::new(), Operation::Chat, now),
         model: Some("tiny-llama".into()),
         max_tokens: Some(32),
