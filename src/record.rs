@@ -348,12 +348,14 @@ mod tests {
             1024,
         );
         (w.stream, w.n) = (true, 2);
-        let mut m = Measurement::default();
-        m.first_token = Some(t0 + Duration::from_millis(100));
-        m.usage = Some(weir_sse::Usage {
-            prompt_tokens: 5,
-            completion_tokens: 22,
-        });
+        let m = Measurement {
+            first_token: Some(t0 + Duration::from_millis(100)),
+            usage: Some(weir_sse::Usage {
+                prompt_tokens: 5,
+                completion_tokens: 22,
+            }),
+            ..Measurement::default()
+        };
         // Two choices of 11 tokens each: 10 gaps after the first token, over 1 s.
         let f = Figures::of(&w, &m, Outcome::Ok, Duration::from_millis(1100));
         assert_eq!(f.tpot, Some(Duration::from_millis(100)));
