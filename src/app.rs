@@ -24,7 +24,7 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::edge::RecordLayer;
+use crate::edge::{EdgeBody, RecordLayer};
 use crate::error::GatewayError;
 use crate::forward::RandomRequestId;
 use crate::gate::{Admission, ApiKeys, GateLayer};
@@ -33,11 +33,8 @@ use crate::proxy::Proxy;
 use crate::record::Exchange;
 use crate::state::AppState;
 
-/// The body of what a handler below the panic layer answers (boxed once per response).
-pub type HandlerBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
-
 /// The body the client receives: every response observed.
-pub type ProxyBody = ObservedBody<HandlerBody, Exchange>;
+pub type ProxyBody = ObservedBody<EdgeBody, Exchange>;
 
 /// The whole stack, type-erased once.
 pub type AppService = BoxCloneService<Request<Incoming>, Response<ProxyBody>, Infallible>;

@@ -18,12 +18,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::Answer;
+use crate::labels::Api;
 use crate::observe::{ObservedBody, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
@@ -50,6 +53,14 @@ impl<S> Layer<S> for RecordLayer {
     }
 }
 
+/// The body of what the stack below the edge answers (boxed once per response, by the
+/// panic layer).
+pub type HandlerBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
+
+/// What the edge hands on: the stack's answer, or the gateway's own error re-shaped for
+/// the request's API.
+pub type EdgeBody = Either<HandlerBody, Full<Bytes>>;
+
 /// Records every request that passes through it.
 #[derive(Clone)]
 pub struct Record<S> {
@@ -57,12 +68,11 @@ pub struct Record<S> {
     state: Arc<AppState>,
 }
 
-impl<S, B, RB> Service<Request<B>> for Record<S>
+impl<S, B> Service<Request<B>> for Record<S>
 where
-    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
-    RB: http_body::Body,
+    S: Service<Request<B>, Response = Response<HandlerBody>, Error = Infallible>,
 {
-    type Response = Response<ObservedBody<RB, Exchange>>;
+    type Response = Response<ObservedBody<EdgeBody, Exchange>>;
     type Error = Infallible;
     type Future = ResponseFuture<S::Future>;
 
@@ -106,19 +116,19 @@ pin_project! {
     }
 }
 
-impl<F, RB> Future for ResponseFuture<F>
+impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<RB>, Infallible>>,
-    RB: http_body::Body,
+    F: Future<Output = Result<Response<HandlerBody>, Infallible>>,
 {
-    type Output = Result<Response<ObservedBody<RB, Exchange>>, Infallible>;
+    type Output = Result<Response<ObservedBody<EdgeBody, Exchange>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Pending;
         };
-        let Ok(mut res) = ready!(inner.poll(cx));
+        let Ok(res) = ready!(inner.poll(cx));
+        let mut res = res.map(Either::Left);
         this.inner.set(None);
         let ex = this.ledger.take().and_then(|l| l.take());
         let Some(mut ex) = ex else {
@@ -127,6 +137,12 @@ where
             return Poll::Ready(Ok(res.map(ObservedBody::unobserved)));
         };
         if let Some(answer) = res.extensions_mut().remove::<Answer>() {
+            if ex.watch.api == Api::Messages {
+                // The gateway's own errors in the shape this API's clients read.
+                let body = answer.body(ex.watch.api, res.status());
+                res.headers_mut().remove(http::header::CONTENT_LENGTH);
+                *res.body_mut() = Either::Right(Full::new(body));
+            }
             ex.answered(answer);
         }
         let close = res.extensions_mut().remove::<UpstreamClose>().map(|c| c.0);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::labels::{ErrorKind, Outcome};
+use crate::labels::{Api, ErrorKind, Outcome};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +60,23 @@ pub struct Answer {
     pub kind: Option<ErrorKind>,
     /// A closed-set word for the access log: `unauthorized`, `body_too_large`, ...
     pub reason: &'static str,
-    /// What the client was told (or, for a panic, what panicked).
+    /// What the client was told.
     pub message: Arc<str>,
+    /// For the log, when there is more to say than the client was told (what panicked).
+    pub detail: Option<Arc<str>>,
+    /// OpenAI's error `type` for it.
+    pub openai_type: &'static str,
+}
+
+impl Answer {
+    /// The body for a client of `api`: Anthropic-shaped on `/v1/messages` (as vLLM's own
+    /// errors there are), OpenAI-shaped everywhere else.
+    pub fn body(&self, api: Api, status: StatusCode) -> Bytes {
+        match api {
+            Api::Messages => anthropic_error_body(&self.message, self.openai_type),
+            _ => openai_error_body(&self.message, self.openai_type, status),
+        }
+    }
 }
 
 impl GatewayError {
@@ -148,7 +163,7 @@ impl GatewayError {
     }
 
     /// OpenAI's error `type` for this status.
-    fn openai_type(&self) -> &'static str {
+    pub fn openai_type(&self) -> &'static str {
         match self.status() {
             StatusCode::BAD_REQUEST => "BadRequestError",
             StatusCode::REQUEST_TIMEOUT => "TimeoutError",
@@ -167,13 +182,15 @@ impl GatewayError {
         openai_error_body(&self.to_string(), self.openai_type(), self.status())
     }
 
-    /// The record of this answer; `message` for the log (the client's text when None).
-    pub fn answer(&self, message: Option<String>) -> Answer {
+    /// The record of this answer; `detail` for the log, when there is more to say.
+    pub fn answer(&self, detail: Option<String>) -> Answer {
         Answer {
             outcome: self.outcome(),
             kind: self.kind(),
             reason: self.reason(),
-            message: message.unwrap_or_else(|| self.to_string()).into(),
+            message: self.to_string().into(),
+            detail: detail.map(Into::into),
+            openai_type: self.openai_type(),
         }
     }
 
@@ -202,6 +219,13 @@ impl GatewayError {
         res.extensions_mut().insert(self.answer(None));
         res
     }
+}
+
+/// `{"type":"error","error":{"type":…,"message":…}}`, the Anthropic shape vLLM answers
+/// `/v1/messages` errors in (with OpenAI's type names, as vLLM does).
+pub fn anthropic_error_body(message: &str, kind: &str) -> Bytes {
+    let v = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+    Bytes::from(v.to_string())
 }
 
 /// `{"error":{"message":…,"type":…,"param":null,"code":…}}`, the shape vLLM and OpenAI use.

@@ -24,7 +24,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
-use crate::labels::Operation;
+use crate::labels::Api;
 use crate::metrics::Metrics;
 use crate::record::Ledger;
 use crate::server::OverConnectionLimit;
@@ -153,8 +153,8 @@ impl Check for Admission {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let buffered = req.method() == Method::POST
-            && Operation::from_path(req.uri().path()) != Operation::Other;
+        let buffered =
+            req.method() == Method::POST && Api::from_path(req.uri().path()).is_measured();
         if buffered && declared.is_some_and(|n| n > limits.max_request_body as u64) {
             return Err(GatewayError::BodyTooLarge {
                 limit: limits.max_request_body,

@@ -7,37 +7,123 @@ use http::StatusCode;
 /// The label value for models not named in the config.
 pub const OTHER: &str = "other";
 
-/// The operation a request performs, from its path.
+/// The operation a request performs (`gen_ai_operation_name`): the GenAI conventions' names
+/// where they have one (`chat`, `text_completion`, `embeddings`), vLLM's endpoint names for
+/// the other pooling APIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     Chat,
     TextCompletion,
     Embeddings,
+    Pooling,
+    Classify,
+    Score,
+    Rerank,
     Other,
 }
 
 impl Operation {
-    pub fn from_path(path: &str) -> Operation {
-        match path.trim_end_matches('/') {
-            "/v1/chat/completions" => Operation::Chat,
-            "/v1/completions" => Operation::TextCompletion,
-            "/v1/embeddings" => Operation::Embeddings,
-            _ => Operation::Other,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Chat => "chat",
             Operation::TextCompletion => "text_completion",
             Operation::Embeddings => "embeddings",
+            Operation::Pooling => "pooling",
+            Operation::Classify => "classify",
+            Operation::Score => "score",
+            Operation::Rerank => "rerank",
             Operation::Other => "other",
         }
     }
+}
 
-    /// Chat and completions are generations: their bodies are parsed for tokens.
+/// The API a request speaks, from its path: what its body and its response look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `/v1/chat/completions`
+    ChatCompletions,
+    /// `/v1/completions`
+    Completions,
+    /// `/v1/responses` (OpenAI Responses)
+    Responses,
+    /// `/v1/messages` (Anthropic Messages)
+    Messages,
+    /// `/v1/embeddings`
+    Embeddings,
+    /// `/pooling`
+    Pooling,
+    /// `/classify`
+    Classify,
+    /// `/score`, `/v1/score`
+    Score,
+    /// `/rerank`, `/v1/rerank`, `/v2/rerank`
+    Rerank,
+    /// Anything else: proxied, timed, not read.
+    Other,
+}
+
+impl Api {
+    pub fn from_path(path: &str) -> Api {
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Api::ChatCompletions,
+            "/v1/completions" => Api::Completions,
+            "/v1/responses" => Api::Responses,
+            "/v1/messages" => Api::Messages,
+            "/v1/embeddings" => Api::Embeddings,
+            "/pooling" => Api::Pooling,
+            "/classify" => Api::Classify,
+            "/score" | "/v1/score" => Api::Score,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" => Api::Rerank,
+            _ => Api::Other,
+        }
+    }
+
+    /// The access log's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat_completions",
+            Api::Completions => "completions",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+            Api::Embeddings => "embeddings",
+            Api::Pooling => "pooling",
+            Api::Classify => "classify",
+            Api::Score => "score",
+            Api::Rerank => "rerank",
+            Api::Other => "other",
+        }
+    }
+
+    pub fn operation(self) -> Operation {
+        match self {
+            Api::ChatCompletions | Api::Responses | Api::Messages => Operation::Chat,
+            Api::Completions => Operation::TextCompletion,
+            Api::Embeddings => Operation::Embeddings,
+            Api::Pooling => Operation::Pooling,
+            Api::Classify => Operation::Classify,
+            Api::Score => Operation::Score,
+            Api::Rerank => Operation::Rerank,
+            Api::Other => Operation::Other,
+        }
+    }
+
+    /// Generations: tokens come out, streamed or not, and their bodies are parsed for them.
     pub fn is_generation(self) -> bool {
-        matches!(self, Operation::Chat | Operation::TextCompletion)
+        matches!(
+            self,
+            Api::ChatCompletions | Api::Completions | Api::Responses | Api::Messages
+        )
+    }
+
+    /// Its JSON request body is read (model, stream, max tokens) and its answer measured.
+    pub fn is_measured(self) -> bool {
+        self != Api::Other
+    }
+
+    /// Usage is asked for with `stream_options.include_usage` (the OpenAI chat and
+    /// completions streams; the others always send it).
+    pub fn asks_for_usage(self) -> bool {
+        matches!(self, Api::ChatCompletions | Api::Completions)
     }
 }
 

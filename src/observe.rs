@@ -18,7 +18,7 @@ use weir_sse::{EventInfo, Usage};
 
 use crate::budget::Budget;
 use crate::config::Timeouts;
-use crate::labels::{Operation, Outcome};
+use crate::labels::{Api, Outcome};
 
 pub use body::ObservedBody;
 pub use cut::{Close, UpstreamClose};
@@ -43,7 +43,8 @@ pub struct Watch {
     pub body_done: Instant,
     /// When the request was handed to the upstream client.
     pub sent: Instant,
-    pub operation: Operation,
+    /// The API the request speaks (its operation follows from it).
+    pub api: Api,
     pub stream: bool,
     /// Choices asked for (`n`), 1 to [`MAX_CHOICES`].
     pub n: u32,
@@ -62,17 +63,12 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(
-        t0: Instant,
-        operation: Operation,
-        timeouts: Timeouts,
-        max_sse_line: usize,
-    ) -> Watch {
+    pub fn new(t0: Instant, api: Api, timeouts: Timeouts, max_sse_line: usize) -> Watch {
         Watch {
             t0,
             body_done: t0,
             sent: t0,
-            operation,
+            api,
             stream: false,
             n: 1,
             strip_usage: false,

@@ -26,7 +26,6 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientAddr};
 use crate::inspect::{Inspected, inspect};
-use crate::labels::Operation;
 use crate::observe::{MAX_CHOICES, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::{AppState, Shared};
@@ -146,7 +145,7 @@ async fn forward_request(
         _ => None,
     };
     forward::upstream_headers(&mut parts.headers, client_addr, body_len);
-    if ex.watch.operation != Operation::Other {
+    if ex.watch.api.is_measured() {
         // A measured body must come as it is, to be read: no compression.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
@@ -182,8 +181,8 @@ async fn read_body(
     body: Incoming,
     ex: &mut Exchange,
 ) -> Result<(UpBody, Option<Reservation>), GatewayError> {
-    let operation = ex.watch.operation;
-    if operation == Operation::Other || parts.method != Method::POST {
+    let api = ex.watch.api;
+    if !api.is_measured() || parts.method != Method::POST {
         let body = if body.is_end_stream() {
             UpBody::Bytes(Bytes::new())
         } else {
@@ -210,11 +209,11 @@ async fn read_body(
         n,
         strip_usage,
         body,
-    } = inspect(bytes, operation.is_generation())?;
+    } = inspect(bytes, api.asks_for_usage())?;
     let metrics = &state.metrics;
     ex.series = metrics.series(
         &metrics.model_label(model.as_deref()),
-        operation,
+        api.operation(),
         &ex.backend,
     );
     (ex.model, ex.max_tokens) = (model, max_tokens);

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::backend::Load;
 use crate::error::Answer;
-use crate::labels::{ErrorKind, Operation, Outcome, status_class};
+use crate::labels::{Api, ErrorKind, Outcome, status_class};
 use crate::metrics::{Metrics, Series};
 use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
@@ -46,7 +46,8 @@ pub struct Exchange {
 impl Exchange {
     /// The record of a request whose head arrived at `t0`: counted in flight from now on.
     pub fn start<B>(state: &AppState, shared: &Shared, req: &Request<B>, t0: Instant) -> Exchange {
-        let operation = Operation::from_path(req.uri().path());
+        let api = Api::from_path(req.uri().path());
+        let operation = api.operation();
         let metrics = &state.metrics;
         metrics.in_flight().inc();
         let request_id = req
@@ -57,12 +58,7 @@ impl Exchange {
             .to_string();
         let config = &shared.config;
         let none = metrics.no_backend();
-        let mut watch = Watch::new(
-            t0,
-            operation,
-            config.timeouts.clone(),
-            config.limits.max_sse_line,
-        );
+        let mut watch = Watch::new(t0, api, config.timeouts.clone(), config.limits.max_sse_line);
         watch.budget = Some(state.buffered.clone());
         Exchange {
             watch,
@@ -162,7 +158,7 @@ impl Recorder for Exchange {
         let figures = Figures::of(w, m, outcome, e2e);
         figures.observe(s, w, m);
         let finished = crate::slo::Finished {
-            streamed_generation: w.stream && w.operation.is_generation(),
+            streamed_generation: w.stream && w.api.is_generation(),
             outcome,
             ttft: figures.ttft,
             tpot: figures.tpot,
@@ -200,7 +196,7 @@ struct Figures {
 impl Figures {
     fn of(w: &Watch, m: &Measurement, outcome: Outcome, e2e: Duration) -> Figures {
         let ttft = m.first_token.map(|t| t.saturating_duration_since(w.t0));
-        let estimated = m.usage.is_none() && w.operation.is_generation() && w.stream;
+        let estimated = m.usage.is_none() && w.api.is_generation() && w.stream;
         let output = match m.usage {
             Some(u) => Some(u.completion_tokens),
             None if estimated => Some(m.content_events),
@@ -240,7 +236,7 @@ impl Figures {
             s.input_tokens.observe(u.prompt_tokens as f64);
             s.input_tokens_total.inc_by(u.prompt_tokens);
         }
-        if let Some(out) = self.output.filter(|_| w.operation.is_generation()) {
+        if let Some(out) = self.output.filter(|_| w.api.is_generation()) {
             s.output_tokens.observe(out as f64);
             s.output_tokens_total.inc_by(out);
         }
@@ -286,7 +282,8 @@ impl Exchange {
             model: self.model.as_deref().unwrap_or(""),
             model_label: self.series.model(),
             response_model: m.response_model.as_deref(),
-            operation: w.operation.as_str(),
+            operation: w.api.operation().as_str(),
+            api: w.api.as_str(),
             stream: w.stream,
             max_tokens: self.max_tokens,
             backend: &self.backend,
@@ -297,7 +294,10 @@ impl Exchange {
                 _ => None,
             },
             reason: self.answer.as_ref().map(|a| a.reason),
-            error: self.answer.as_ref().map(|a| &*a.message),
+            error: self
+                .answer
+                .as_ref()
+                .map(|a| a.detail.as_deref().unwrap_or(&a.message)),
             ttft_ms: f.ttft.map(ms),
             tpot_ms: f.tpot.map(ms),
             itl_p50_ms: f.itl_p50.map(ms),
@@ -343,7 +343,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Watch::new(
             t0,
-            Operation::Chat,
+            Api::ChatCompletions,
             crate::config::Timeouts::default(),
             1024,
         );

@@ -194,7 +194,7 @@ impl RequestTrace {
             span.end_with_timestamp(end_at);
         }
         let span = live.server.span();
-        span.update_name(span_name(ex.watch.operation, ex.model));
+        span.update_name(span_name(ex.watch.api.operation(), ex.model));
         span.set_attributes(common);
         span.set_attribute(KeyValue::new("weir.outcome", outcome.as_str()));
         if let Outcome::Timeout(kind) = outcome {
@@ -227,7 +227,7 @@ fn attributes(ex: &Request<'_>, m: &Measurement, outcome: Outcome, s: &Summary) 
     if let Some(model) = ex.model {
         common.push(KeyValue::new("gen_ai.request.model", bounded(model)));
     }
-    if ex.watch.operation != Operation::Other {
+    if ex.watch.api.is_measured() {
         common.push(KeyValue::new("gen_ai.request.stream", ex.watch.stream));
     }
     if let Some(max) = ex.max_tokens {

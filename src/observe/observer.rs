@@ -15,7 +15,7 @@ use super::cut::{Close, Cut};
 use super::strip::Strip;
 use super::{Measurement, Recorder};
 use crate::budget::Reservation;
-use crate::labels::{Operation, Outcome};
+use crate::labels::Outcome;
 
 /// Largest non-streamed body kept (by reference) to read its usage; larger bodies pass
 /// unmeasured.
@@ -71,13 +71,13 @@ impl<R: Recorder> Observer<R> {
             // weir decodes nothing: the body passes, timed but not read.
             meas.unmeasured = true;
             Mode::Plain
-        } else if w.operation.is_generation() && is(b"text/event-stream") {
+        } else if w.api.is_generation() && is(b"text/event-stream") {
             let strip = w.strip_usage.then(|| Strip::new(w.n));
             Mode::Sse {
                 parser: SseParser::new(w.max_sse_line),
                 strip,
             }
-        } else if w.operation != Operation::Other && is(b"application/json") {
+        } else if w.api.is_measured() && is(b"application/json") {
             Mode::Json {
                 frames: Vec::new(),
                 len: 0,
@@ -192,7 +192,7 @@ impl<R: Recorder> Observer<R> {
         let m = &self.meas;
         let failed = match &self.mode {
             Mode::Sse { .. } => m.stream_error || !m.done || m.invalid_events > 0,
-            _ => w.stream && w.operation.is_generation() && !m.unmeasured,
+            _ => w.stream && w.api.is_generation() && !m.unmeasured,
         };
         if failed { Outcome::UpstreamError } else { base }
     }

@@ -100,7 +100,7 @@ fn pick(
     };
     let metrics = &ex.metrics;
     let model = metrics.model_label(ex.model.as_deref());
-    ex.series = metrics.series(&model, ex.watch.operation, &backend.name);
+    ex.series = metrics.series(&model, ex.watch.api.operation(), &backend.name);
     ex.backend = backend.name.clone();
     ex.watch.timeouts = backend.timeouts.clone();
     Ok(backend)
@@ -122,7 +122,7 @@ async fn attempt(
     ex.load = Some(backend.load());
     let sent = Instant::now();
     ex.watch.sent = sent;
-    let op = ex.watch.operation;
+    let op = ex.watch.api.operation();
     let upstream_cx = ex
         .trace
         .start_client(op, ex.model.as_deref(), &backend.authority, sent);

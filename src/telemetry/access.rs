@@ -33,6 +33,7 @@ pub struct AccessLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_model: Option<&'a str>,
     pub operation: &'a str,
+    pub api: &'a str,
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
@@ -226,6 +227,7 @@ mod tests {
             model_label: "tiny-llama",
             response_model: Some("tiny-llama"),
             operation: "chat",
+            api: "chat_completions",
             stream: true,
             max_tokens: Some(32),
             backend: "sim",

@@ -692,3 +692,32 @@ async fn the_clients_upload_is_not_the_gateways_overhead() {
     assert!(ttft >= 0.3, "TTFT {ttft}");
     assert!(overhead < 0.1, "overhead {overhead}");
 }
+
+#[tokio::test]
+async fn errors_on_the_messages_api_are_anthropic_shaped() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.backends[0].models = vec!["tiny-llama".into()];
+    let gw = gateway::start(c).await.unwrap();
+    let body =
+        json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, got) = send(&client(), post(gw.addr, "/v1/messages", &body)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+    // The shape vLLM answers /v1/messages errors in (tests/fixtures: err_messages_unknown_model).
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "NotFoundError", "{v}");
+    assert_eq!(v["error"]["message"], "The model `nope` does not exist.");
+    // The same refusal on the OpenAI APIs keeps OpenAI's shape.
+    let (_, _, got) = send(
+        &client(),
+        post(
+            gw.addr,
+            "/v1/chat/completions",
+            &json!({"model": "nope", "messages": []}),
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(v["error"]["code"], 404, "{v}");
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use weir::labels::Operation;
+use weir::labels::{Api, Operation};
 use weir::metrics::Metrics;
 
 use crate::common::prom::value;
@@ -162,7 +162,12 @@ fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeou
     let backend: Arc<str> = "sim".into();
     let now = tokio::time::Instant::now();
     metrics.in_flight().inc();
-    let mut watch = Watch::new(now, Operation::Chat, timeouts, weir_sse::DEFAULT_MAX_LINE);
+    let mut watch = Watch::new(
+        now,
+        Api::ChatCompletions,
+        timeouts,
+        weir_sse::DEFAULT_MAX_LINE,
+    );
     (watch.stream, watch.strip_usage) = (true, strip_usage);
     Exchange {
         watch,
