@@ -35,6 +35,8 @@ struct Head<'a> {
     stream: Option<bool>,
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
+    /// The Responses API's name for it.
+    max_output_tokens: Option<i64>,
     n: Option<i64>,
     /// Present (an object), and its `include_usage`.
     stream_options: Option<Option<bool>>,
@@ -76,6 +78,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
                 "stream" => head.stream = lax_bool(raw),
                 "max_tokens" => head.max_tokens = lax_int(raw),
                 "max_completion_tokens" => head.max_completion_tokens = lax_int(raw),
+                "max_output_tokens" => head.max_output_tokens = lax_int(raw),
                 "n" => head.n = lax_int(raw),
                 _ => head.stream_options = stream_options(raw),
             }
@@ -140,6 +143,7 @@ pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
     let max_tokens = head
         .max_completion_tokens
         .or(head.max_tokens)
+        .or(head.max_output_tokens)
         .and_then(|v| u64::try_from(v).ok());
     let n = head
         .n
@@ -147,7 +151,11 @@ pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
         .unwrap_or(1)
         .max(1);
     let has_options = head.stream_options.is_some();
-    let strip_usage = inject && stream && !wants_usage;
+    // With n > 1 vLLM puts `system_fingerprint` on every choice's finish chunk when usage
+    // was not asked for, and only on the usage chunk when it was: the bytes it would have
+    // sent the client cannot be given back without holding a finished choice while the
+    // others stream on. Usage is not asked for then; the tokens are counted from events.
+    let strip_usage = inject && stream && !wants_usage && n == 1;
     let body = if !strip_usage {
         body
     } else if has_options {
@@ -292,11 +300,11 @@ mod tests {
     #[test]
     fn existing_options_are_rewritten() {
         let b = Bytes::from_static(
-            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true},"n":2}"#,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true},"n":1}"#,
         );
         let i = inspect(b, true).unwrap();
         assert!(i.strip_usage);
-        assert_eq!(i.n, 2);
+        assert_eq!(i.n, 1);
         let v = json(&i.body);
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["stream_options"]["continuous_usage_stats"], false);
@@ -333,9 +341,14 @@ mod tests {
         let b = Bytes::from_static(
             br#"{"model":"a","stream":false,"model":"m","max_tokens":8.0,"n":"2","stream":true}"#,
         );
-        let i = inspect(b, true).unwrap();
+        let i = inspect(b.clone(), true).unwrap();
         assert_eq!(i.model.as_deref(), Some("m"));
         assert_eq!((i.stream, i.max_tokens, i.n), (true, Some(8), 2));
+        // n > 1: usage is not asked for, the bytes stay vLLM's.
+        assert!(!i.strip_usage);
+        assert_eq!(i.body, b);
+        let one = Bytes::from_static(br#"{"model":"m","stream":true,"n":"1"}"#);
+        let i = inspect(one, true).unwrap();
         assert!(i.strip_usage);
         assert_eq!(json(&i.body)["stream_options"]["include_usage"], true);
         // A field of the wrong type is left out; the others still count.
