@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::clock;
+use super::flood::{self, Ask, Patterns};
 use super::metrics::{self, Metrics, Reason, Tracker};
 use super::pydantic::{ApiError, json_str};
 use super::render::{self, Chunks, Finish, Full};
@@ -40,6 +41,8 @@ pub(crate) struct Sim {
     pub metrics: Metrics,
     pub shutdown: Arc<Notify>,
     pub stopping: AtomicBool,
+    /// The flood frames of the hostile faults, built on first use.
+    pub patterns: Patterns,
 }
 
 impl Sim {
@@ -59,6 +62,7 @@ impl Sim {
             metrics,
             shutdown: Arc::new(Notify::new()),
             stopping: AtomicBool::new(false),
+            patterns: Patterns::default(),
             cfg,
         })
     }
@@ -78,7 +82,7 @@ impl Sim {
         }
     }
 
-    fn created(&self) -> u64 {
+    pub fn created(&self) -> u64 {
         self.cfg.fixed_created.unwrap_or_else(unix_now)
     }
 
@@ -194,26 +198,22 @@ impl Sim {
             self.metrics.finished(Reason::Error);
             return injected(500, ENGINE_ERROR);
         }
-        let max = plan.max_tokens.max(1);
-        let (tokens, finish) = if plan.ignore_eos {
-            (max, Finish::Length)
-        } else {
-            let n = 1 + (render::mix(seed, 2) % u64::from(max)) as u32;
-            (
-                n,
-                if n < max {
-                    Finish::Stop
-                } else {
-                    Finish::Length
-                },
-            )
-        };
+        let (tokens, finish) = output_length(&plan, seed);
         let id_prefix = match kind {
             Kind::Chat => "chatcmpl",
             Kind::Completion => "cmpl",
         };
         let id = format!("{id_prefix}-{:016x}", render::mix(seed, 1));
         let created = self.created();
+        if let Some(fault) = fault.filter(|f| flood::hostile(*f)) {
+            let ask = Ask {
+                kind,
+                plan: &plan,
+                id: &id,
+                created,
+            };
+            return flood::answer(&self, fault, &ask);
+        }
         let tracker = Tracker::new(self.clone());
         if plan.stream {
             let chunks = Chunks::new(
@@ -291,7 +291,8 @@ impl Sim {
                 return respond(StatusCode::OK, Some(JSON), body);
             }
             Some(Fault::ErrorEvent { after } | Fault::Close { after }) => after.min(d.tokens),
-            Some(Fault::Http(_)) | None => d.tokens,
+            // The hostile faults are answered before a generation starts.
+            _ => d.tokens,
         };
         clock::Sleep::until(token_time(produced.max(1), &mut rng)).await;
         tracker.tokens(produced, first, timing.itl);
@@ -373,6 +374,22 @@ impl Sim {
         );
         respond(StatusCode::OK, Some(JSON), SimBody::full(body))
     }
+}
+
+/// How many tokens a generation produces and why it stops: `max_tokens` with `ignore_eos`,
+/// a length drawn from the seed otherwise.
+fn output_length(plan: &Plan, seed: u64) -> (u32, Finish) {
+    let max = plan.max_tokens.max(1);
+    if plan.ignore_eos {
+        return (max, Finish::Length);
+    }
+    let n = 1 + (render::mix(seed, 2) % u64::from(max)) as u32;
+    let finish = if n < max {
+        Finish::Stop
+    } else {
+        Finish::Length
+    };
+    (n, finish)
 }
 
 /// What a non-streamed generation answers.

@@ -26,8 +26,13 @@
 //!   tokio's millisecond ticks (see `clock`).
 //! - Injected failures (`http=`, `--error-rate`, `error-event`, `close`) count as
 //!   `finished_reason="error"`; a client leaving mid-generation counts as `"abort"`.
+//! - The hostile faults (`endless-event`, `finish-flood`, `token-flood`, `junk-flood`,
+//!   `huge-json=MiB`) take no generation slot and make no token metrics: each counts as running
+//!   while it is sent, then as `"abort"` (the client left) or `"length"` (a huge body sent
+//!   whole). A flood sends one shared buffer over and over, allocating nothing per event.
 
 mod clock;
+mod flood;
 mod handlers;
 mod metrics;
 mod pydantic;
@@ -78,7 +83,8 @@ pub struct SimConfig {
     /// Fraction (0 to 1) of generation requests answered with HTTP 500.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
-    /// Fault applied to every generation request: http=CODE, error-event=N, close=N or stall=N.
+    /// Fault applied to every generation request: http=CODE, error-event=N, close=N, stall=N,
+    /// endless-event, finish-flood, token-flood, junk-flood or huge-json=MiB (see `Fault`).
     #[arg(long)]
     pub fault: Option<Fault>,
     /// If set, every "created" field carries this value (for byte comparisons).
@@ -129,6 +135,19 @@ impl SimConfig {
 /// N larger than the output length means "after the last token, before the usage chunk and
 /// `[DONE]`". Non-streamed requests get a 500 for `error-event`, a broken body for `close` and
 /// no answer for `stall`.
+///
+/// Hostile backends, with no generation behind them: a streamed request gets its headers and
+/// (chat) the role chunk, then, as fast as the client takes them and until it goes away,
+/// - `endless-event`: `data: {...}` lines for ever, never the blank line that ends an event;
+/// - `finish-flood`: chunks that each carry `"finish_reason":"stop"`, never `[DONE]`;
+/// - `token-flood`: chunks of one character of content each;
+/// - `junk-flood`: SSE comment lines (`: x`), never a token.
+///
+/// A non-streamed request with one of those gets a 200 JSON body whose content string never
+/// ends. `huge-json=MiB` (0..=4096) answers a non-streamed request with a 200 JSON body whose
+/// content is that many MiB (262,144 tokens per MiB), ending with a valid usage, sent with its
+/// `content-length`; a streamed request gets that content in one event, then the usage chunk
+/// (when asked for) and `[DONE]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this HTTP status.
@@ -148,6 +167,19 @@ pub enum Fault {
         /// Content tokens sent first.
         after: u32,
     },
+    /// `data:` lines for ever, never ending the event.
+    EndlessEvent,
+    /// Chunks with a finish reason, for ever.
+    FinishFlood,
+    /// One-character content chunks, for ever.
+    TokenFlood,
+    /// SSE comment lines, for ever.
+    JunkFlood,
+    /// A body (or event) with this many MiB of content.
+    HugeJson {
+        /// Content size in MiB.
+        mib: u32,
+    },
 }
 
 impl FromStr for Fault {
@@ -155,8 +187,18 @@ impl FromStr for Fault {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let usage = || {
-            format!("invalid fault {s:?}: expected http=CODE, error-event=N, close=N or stall=N")
+            format!(
+                "invalid fault {s:?}: expected http=CODE, error-event=N, close=N, stall=N, \
+                 endless-event, finish-flood, token-flood, junk-flood or huge-json=MiB"
+            )
         };
+        match s.trim() {
+            "endless-event" => return Ok(Fault::EndlessEvent),
+            "finish-flood" => return Ok(Fault::FinishFlood),
+            "token-flood" => return Ok(Fault::TokenFlood),
+            "junk-flood" => return Ok(Fault::JunkFlood),
+            _ => {}
+        }
         let (kind, value) = s.trim().split_once('=').ok_or_else(usage)?;
         let value = value.trim();
         match kind.trim() {
@@ -164,6 +206,13 @@ impl FromStr for Fault {
                 Ok(code) if (400..=599).contains(&code) => Ok(Fault::Http(code)),
                 _ => Err(format!(
                     "invalid fault {s:?}: the status must be in 400..=599"
+                )),
+            },
+            "huge-json" => match value.parse::<u32>() {
+                Ok(mib) if mib <= flood::MAX_HUGE_MIB => Ok(Fault::HugeJson { mib }),
+                _ => Err(format!(
+                    "invalid fault {s:?}: the size must be in 0..={} MiB",
+                    flood::MAX_HUGE_MIB
                 )),
             },
             kind => {
@@ -186,6 +235,11 @@ impl fmt::Display for Fault {
             Fault::ErrorEvent { after } => write!(f, "error-event={after}"),
             Fault::Close { after } => write!(f, "close={after}"),
             Fault::Stall { after } => write!(f, "stall={after}"),
+            Fault::EndlessEvent => f.write_str("endless-event"),
+            Fault::FinishFlood => f.write_str("finish-flood"),
+            Fault::TokenFlood => f.write_str("token-flood"),
+            Fault::JunkFlood => f.write_str("junk-flood"),
+            Fault::HugeJson { mib } => write!(f, "huge-json={mib}"),
         }
     }
 }

@@ -168,7 +168,7 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=1.0.0; charset=utf-8"
 enum State {
     Waiting,
     Running {
-        _permit: OwnedSemaphorePermit,
+        _permit: Option<OwnedSemaphorePermit>,
         last_token: Option<Instant>,
     },
     Done,
@@ -197,6 +197,15 @@ impl Tracker {
     }
 
     pub fn admit(&mut self, permit: OwnedSemaphorePermit, prompt_tokens: u32, now: Instant) {
+        self.run(Some(permit), prompt_tokens, now);
+    }
+
+    /// Counts the request as running without taking a generation slot (the hostile faults).
+    pub fn admit_unslotted(&mut self, prompt_tokens: u32, now: Instant) {
+        self.run(None, prompt_tokens, now);
+    }
+
+    fn run(&mut self, permit: Option<OwnedSemaphorePermit>, prompt_tokens: u32, now: Instant) {
         if let State::Waiting = self.state {
             let m = &self.sim.metrics;
             m.waiting.dec();

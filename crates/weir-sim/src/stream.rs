@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Fault;
 use super::clock;
+use super::flood::Flood;
 use super::metrics::{Reason, Tracker};
 use super::render::{self, Chunks, Finish};
 
@@ -152,8 +153,9 @@ impl Stream {
     fn fault_due(&self) -> Option<Fault> {
         let fault = self.job.fault?;
         let after = match fault {
-            Fault::Http(_) => return None,
             Fault::ErrorEvent { after } | Fault::Close { after } | Fault::Stall { after } => after,
+            // Answered before a generation starts.
+            _ => return None,
         };
         (self.sent == after.min(self.job.tokens)).then_some(fault)
     }
@@ -232,7 +234,7 @@ impl Body for Stream {
                                 cx.waker().wake_by_ref();
                                 return Poll::Pending;
                             }
-                            Fault::Stall { .. } | Fault::Http(_) => {
+                            _ => {
                                 let sim = this.tracker.sim();
                                 this.phase =
                                     Phase::Stalled(Box::pin(sim.shutdown.clone().notified_owned()));
@@ -291,6 +293,8 @@ pub(crate) enum SimBody {
     Full(Option<Bytes>),
     /// A streamed generation.
     Stream(Box<Stream>),
+    /// A hostile fault's flood or huge body.
+    Flood(Box<Flood>),
     /// The close fault on a non-streamed request: some bytes, a flush, then a failure.
     Broken {
         /// Sent before failing.
@@ -318,6 +322,7 @@ impl Body for SimBody {
         match self.get_mut() {
             SimBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             SimBody::Stream(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
+            SimBody::Flood(flood) => Pin::new(flood.as_mut()).poll_frame(cx),
             SimBody::Broken { head, yielded } => {
                 if let Some(head) = head.take() {
                     Poll::Ready(Some(Ok(Frame::data(head))))
@@ -335,6 +340,7 @@ impl Body for SimBody {
         match self {
             SimBody::Full(bytes) => bytes.is_none(),
             SimBody::Stream(stream) => stream.is_end_stream(),
+            SimBody::Flood(flood) => flood.is_end_stream(),
             SimBody::Broken { .. } => false,
         }
     }
@@ -343,6 +349,7 @@ impl Body for SimBody {
         match self {
             SimBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             SimBody::Full(None) => SizeHint::with_exact(0),
+            SimBody::Flood(flood) => flood.size_hint(),
             _ => SizeHint::default(),
         }
     }
