@@ -46,7 +46,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_in_flight: 4096,
-            max_buffered_bytes: 512 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_sse_line: 1 << 20,
         }
     }
