@@ -478,3 +478,49 @@ async fn junk_models_never_become_labels() {
         .collect();
     assert_eq!(models.into_iter().collect::<Vec<_>>(), ["other"]);
 }
+
+#[tokio::test]
+async fn the_simulators_floods_end_by_the_deadlines_and_are_counted() {
+    // A backend that never ends an event, floods finish reasons, tokens or comments: each
+    // stream ends with the gateway's error event once its deadline passes.
+    let sim = start_sim(weir_sim::SimConfig::fast()).await;
+    let mut c = gateway_config(&[sim]);
+    c.timeouts.first_token = Duration::from_millis(300);
+    c.timeouts.total = Duration::from_millis(600);
+    let gw = gateway::start(c).await.unwrap();
+    let cases = [
+        ("endless-event", "first_token"),
+        ("finish-flood", "first_token"),
+        ("junk-flood", "first_token"),
+        ("token-flood", "total"),
+    ];
+    for (fault, kind) in cases {
+        let mut req = post(gw.addr, "/v1/chat/completions", &chat(true, 5));
+        req.headers_mut()
+            .insert("x-sim-fault", fault.parse().unwrap());
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(20), send(&client(), req))
+            .await
+            .unwrap_or_else(|_| panic!("{fault}: not ended"));
+        assert_eq!(status, StatusCode::OK);
+        let tail = String::from_utf8_lossy(&body[body.len().saturating_sub(300)..]).into_owned();
+        assert!(
+            tail.contains(&format!("({kind} timeout)")),
+            "{fault}: {tail}"
+        );
+        assert!(tail.ends_with("data: [DONE]\n\n"), "{fault}: {tail}");
+    }
+    let m = outcome_counts(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_timeouts_total", &[("kind", "first_token")]),
+        3.0
+    );
+    assert_eq!(value(&m, "weir_timeouts_total", &[("kind", "total")]), 1.0);
+    // The endless event was too long to read: counted as the backend's protocol error.
+    assert!(value(&m, "weir_errors_total", &[("kind", "protocol")]) >= 1.0);
+    // The backend saw each stream abandoned.
+    let abort = [("finished_reason", "abort")];
+    wait_for_metrics(sim, "the floods' aborts", |m| {
+        sum(m, "vllm:request_success_total", &abort) == Some(4.0)
+    })
+    .await;
+}
