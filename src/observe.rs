@@ -230,6 +230,7 @@ mod tests {
             usage: Some(Usage {
                 prompt_tokens: 3,
                 completion_tokens: u64::MAX,
+                ..Default::default()
             }),
             ..EventInfo::default()
         };

@@ -353,6 +353,7 @@ mod tests {
             usage: Some(weir_sse::Usage {
                 prompt_tokens: 5,
                 completion_tokens: 22,
+                ..Default::default()
             }),
             ..Measurement::default()
         };

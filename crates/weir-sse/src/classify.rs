@@ -1,118 +1,218 @@
 //! Classification of one event's JSON (or a whole non-streamed body): what measurement
-//! needs from it, read without building a tree of the document.
+//! needs from it, read without building a tree of the document: one UTF-8 check and one
+//! serde pass per event, strings borrowed, nothing allocated for a token event.
+//!
+//! Each API served has its own module: [`Api::Chat`] and [`Api::Completions`] (OpenAI
+//! chunks, `[DONE]`), [`Api::Responses`] (OpenAI Responses: named events, no `[DONE]`) and
+//! [`Api::Messages`] (Anthropic Messages as vLLM serves it: named events, no `[DONE]`).
+
+mod chat;
+mod messages;
+mod responses;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-/// Token usage as the backend reported it.
+/// The API a response belongs to: decides how its events (or body) read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/responses` (OpenAI Responses API).
+    Responses,
+    /// `/v1/messages` (Anthropic Messages API).
+    Messages,
+}
+
+/// Token usage as the backend reported it, in the same terms on every API.
+///
+/// `prompt_tokens` is every prompt token, cached ones included, on every API (Messages
+/// reports the uncached ones apart from the cache reads and writes: they are added back).
+/// `completion_tokens` is every output token, reasoning included. The two subsets are
+/// `None` when the backend did not report them.
+///
+/// Most events carry a whole usage ([`Reported::Both`]). Messages reports it in halves:
+/// input in `message_start`, output (and, from vLLM, input again) in `message_delta`. A
+/// caller keeps one `Usage` per response and folds each event's into it with
+/// [`Usage::merge`]: field by field, the later value wins, and a field the later event did
+/// not report is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
+    /// Input tokens: all prompt tokens, cached included.
     #[serde(default)]
     pub prompt_tokens: u64,
+    /// Output tokens, reasoning included.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the prefix cache.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    /// Of `completion_tokens`, those spent reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+    /// Which of `prompt_tokens` and `completion_tokens` this usage carries; the other one is
+    /// 0 and means "not reported".
+    #[serde(skip)]
+    pub reported: Reported,
+}
+
+/// Which of a [`Usage`]'s two main counts were reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reported {
+    /// Both: every API's usage but the two Messages cases below, and any merge that saw
+    /// both halves.
+    #[default]
+    Both,
+    /// Input only: Messages' `message_start` (its `output_tokens` is a placeholder).
+    Input,
+    /// Output only: a Messages `message_delta` without `input_tokens` (Anthropic's older
+    /// shape; vLLM repeats the input there).
+    Output,
+}
+
+impl Reported {
+    fn has_input(self) -> bool {
+        self != Reported::Output
+    }
+
+    fn has_output(self) -> bool {
+        self != Reported::Input
+    }
+}
+
+impl Usage {
+    /// Folds `later` (the usage of a later event of the same response) into this one, field
+    /// by field: each count `later` reported replaces this one's; a count it did not report
+    /// (a `None` subset, the missing half of a partial usage) is kept.
+    pub fn merge(&mut self, later: &Usage) {
+        if later.reported.has_input() {
+            self.prompt_tokens = later.prompt_tokens;
+        }
+        if later.reported.has_output() {
+            self.completion_tokens = later.completion_tokens;
+        }
+        self.cached_tokens = later.cached_tokens.or(self.cached_tokens);
+        self.reasoning_tokens = later.reasoning_tokens.or(self.reasoning_tokens);
+        let input = self.reported.has_input() || later.reported.has_input();
+        let output = self.reported.has_output() || later.reported.has_output();
+        self.reported = match (input, output) {
+            (true, false) => Reported::Input,
+            (false, true) => Reported::Output,
+            _ => Reported::Both,
+        };
+    }
+
+    /// `prompt_tokens` was reported.
+    pub fn has_input(&self) -> bool {
+        self.reported.has_input()
+    }
+
+    /// `completion_tokens` was reported.
+    pub fn has_output(&self) -> bool {
+        self.reported.has_output()
+    }
 }
 
 /// What one event (or a non-streamed body) says, as far as measurement cares.
 #[derive(Debug, Default, PartialEq)]
 pub struct EventInfo<'a> {
+    /// `[DONE]` (chat and completions end so; on another API it ends the stream too).
     pub done: bool,
+    /// The API's final event: `[DONE]`; Responses' `response.completed`,
+    /// `response.incomplete` or `response.failed`; Messages' `message_stop`. Streams only.
+    pub end: bool,
     /// Not JSON, or JSON of an unexpected shape.
     pub invalid: bool,
-    /// `{"error": ...}`: vLLM's mid-stream error.
+    /// A failure: `{"error": ...}` (vLLM's mid-stream error), Responses' `response.failed`
+    /// or `error` event, Messages' `error` event.
     pub error: bool,
-    /// A choice carries content, reasoning, tool calls or completion text.
+    /// Content-bearing: a choice carries content, reasoning, tool calls or completion text;
+    /// a Responses text, reasoning or function-call-arguments delta, or a Messages text,
+    /// thinking or tool-input delta, that is not empty.
     pub content: bool,
-    /// `choices` is empty and usage is present: the chunk the gateway may have asked for.
+    /// Content-bearing and not reasoning: what "time to first answer token" waits for.
+    pub answer: bool,
+    /// `choices` is empty and usage is present: the chunk the gateway may have asked for
+    /// (chat and completions only).
     pub usage_only: bool,
     pub usage: Option<Usage>,
     pub model: Option<Cow<'a, str>>,
     pub system_fingerprint: Option<Cow<'a, str>>,
-    /// (choice index, finish reason) for each choice that finished in this event.
+    /// (choice index, finish reason) for each choice that finished in this event. Responses
+    /// and Messages have one choice, 0: the status of the final response (for `incomplete`,
+    /// the reason given), or Messages' `stop_reason`.
     pub finished: Vec<(u32, Cow<'a, str>)>,
 }
 
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Option<Choices<'a>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
-    #[serde(borrow, default)]
-    system_fingerprint: Option<Cow<'a, str>>,
-}
-
-/// What a `choices` array says, gathered while it is read: no vector of choices is built
-/// per event.
-#[derive(Default)]
-struct Choices<'a> {
-    count: usize,
-    content: bool,
-    finished: Vec<(u32, Cow<'a, str>)>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Fold<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fold<'a> {
-            type Value = Choices<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of choices")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Choices<'a>, A::Error> {
-                let mut out = Choices::default();
-                while let Some(c) = seq.next_element::<Choice<'a>>()? {
-                    out.count += 1;
-                    let d = c.delta.as_ref().or(c.message.as_ref());
-                    out.content |= d.is_some_and(Delta::has_content) || non_empty(c.text);
-                    if let Some(r) = c.finish_reason {
-                        out.finished.push((c.index, r));
-                    }
-                }
-                Ok(out)
-            }
+impl EventInfo<'_> {
+    fn done() -> Self {
+        EventInfo {
+            done: true,
+            end: true,
+            ..EventInfo::default()
         }
-        d.deserialize_seq(Fold(std::marker::PhantomData))
+    }
+
+    fn invalid() -> Self {
+        EventInfo {
+            invalid: true,
+            ..EventInfo::default()
+        }
     }
 }
 
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow, default)]
-    message: Option<Delta<'a>>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+/// Classifies one chat or completions event's data (or a whole non-streamed JSON body):
+/// `classify_event(Api::Chat, None, data)`.
+pub fn classify(data: &[u8]) -> EventInfo<'_> {
+    chat::classify(data)
 }
 
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_calls: Option<&'a RawValue>,
+/// Classifies one event of a stream of `api`: its `event:` name (if it had one) and its
+/// data. The name decides only where the data carries no `type` (Responses and Messages
+/// events carry both, the same).
+pub fn classify_event<'a>(api: Api, name: Option<&'a [u8]>, data: &'a [u8]) -> EventInfo<'a> {
+    if data == b"[DONE]" {
+        return EventInfo::done();
+    }
+    match api {
+        Api::Chat | Api::Completions => chat::classify(data),
+        Api::Responses => responses::event(name, data),
+        Api::Messages => messages::event(name, data),
+    }
 }
 
-/// Non-empty string, or non-empty array (tool calls).
+/// Classifies a whole non-streamed JSON body of `api`: usage, model, finish reasons,
+/// error, and whether it has content (and answer).
+pub fn classify_body(api: Api, body: &[u8]) -> EventInfo<'_> {
+    match api {
+        Api::Chat | Api::Completions => chat::classify(body),
+        Api::Responses => responses::body(body),
+        Api::Messages => messages::body(body),
+    }
+}
+
+/// One UTF-8 check of the whole text, then one parse that need not check each string.
+fn parse<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
+    serde_json::from_str(std::str::from_utf8(data).ok()?).ok()
+}
+
+/// A string field, borrowed from the input unless it has escapes: serde's own
+/// `Option<Cow<str>>` always copies (one allocation per event for `model`).
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
+/// Non-empty string, or non-empty array (tool calls) or object.
 fn non_empty(v: Option<&RawValue>) -> bool {
     match v.map(RawValue::get) {
         None | Some("null") | Some("\"\"") | Some("[]") => false,
@@ -120,116 +220,7 @@ fn non_empty(v: Option<&RawValue>) -> bool {
     }
 }
 
-impl Delta<'_> {
-    fn has_content(&self) -> bool {
-        non_empty(self.content)
-            || non_empty(self.reasoning)
-            || non_empty(self.reasoning_content)
-            || non_empty(self.tool_calls)
-    }
-}
-
-/// Classifies one event's data (or a whole non-streamed JSON body).
-pub fn classify(data: &[u8]) -> EventInfo<'_> {
-    if data == b"[DONE]" {
-        return EventInfo {
-            done: true,
-            ..EventInfo::default()
-        };
-    }
-    // One UTF-8 check of the whole event, then a parse that need not check each string.
-    let parsed = std::str::from_utf8(data).map(serde_json::from_str::<Chunk<'_>>);
-    let Ok(Ok(chunk)) = parsed else {
-        return EventInfo {
-            invalid: true,
-            ..EventInfo::default()
-        };
-    };
-    let mut info = EventInfo {
-        error: chunk.error.is_some(),
-        usage: chunk.usage,
-        model: chunk.model,
-        system_fingerprint: chunk.system_fingerprint,
-        ..EventInfo::default()
-    };
-    match chunk.choices {
-        Some(choices) => {
-            info.usage_only = choices.count == 0 && info.usage.is_some();
-            info.content = choices.content;
-            info.finished = choices.finished;
-        }
-        None => info.invalid = !info.error && info.usage.is_none(),
-    }
-    info
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classify_shapes() {
-        let role = br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
-        assert!(!classify(role).content);
-        let tok = br#"{"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
-        let i = classify(tok);
-        assert!(i.content && i.finished.is_empty() && i.model.as_deref() == Some("m"));
-        let tool = br#"{"choices":[{"index":1,"delta":{"tool_calls":[{"id":"x"}]},"finish_reason":"tool_calls"}]}"#;
-        let i = classify(tool);
-        assert!(i.content);
-        assert_eq!(i.finished, vec![(1, Cow::Borrowed("tool_calls"))]);
-        let reasoning = br#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#;
-        assert!(classify(reasoning).content);
-        let empty_text = br#"{"choices":[{"index":0,"text":""}]}"#;
-        assert!(!classify(empty_text).content);
-        let usage = br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8},"system_fingerprint":"fp"}"#;
-        let i = classify(usage);
-        assert!(i.usage_only);
-        assert_eq!(
-            i.usage,
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 5
-            })
-        );
-        assert_eq!(i.system_fingerprint.as_deref(), Some("fp"));
-        let err = br#"{"error": {"message": "boom", "type": "InternalServerError", "param": null, "code": 500}}"#;
-        assert!(classify(err).error);
-        assert!(classify(b"[DONE]").done);
-        assert!(classify(b"not json").invalid);
-        assert!(classify(b"{\"x\":1}").invalid);
-        let escaped = br#"{"choices":[{"index":0,"delta":{"content":"\"q\""}}]}"#;
-        assert!(classify(escaped).content);
-        // Not UTF-8 (a lone continuation byte in a token): not JSON.
-        assert!(
-            classify(b"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\x80\"}}]}").invalid
-        );
-        let multibyte = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"é\"}}]}";
-        assert!(classify(multibyte.as_bytes()).content);
-    }
-
-    /// Today's handling of absurd token counts: anything a u64 holds is taken as is (up to
-    /// 2^64-1, for the caller to bound); anything else (negative, fractional or exponent
-    /// notation, past 2^64-1, null, a string) fails the whole event's parse, so the event
-    /// counts as invalid and its content and finish reasons are lost with it.
-    #[test]
-    fn absurd_usage_values() {
-        let event = |v: &str| {
-            format!(
-                r#"{{"choices":[{{"index":0,"delta":{{"content":"x"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{v},"completion_tokens":1}}}}"#
-            )
-        };
-        let max = event("18446744073709551615");
-        let i = classify(max.as_bytes());
-        assert!(!i.invalid && i.content);
-        assert_eq!(i.usage.map(|u| u.prompt_tokens), Some(u64::MAX));
-        for v in ["18446744073709551616", "-1", "3.0", "1e3", "null", "\"5\""] {
-            let e = event(v);
-            let i = classify(e.as_bytes());
-            assert!(i.invalid && !i.content && i.usage.is_none(), "{v}");
-            assert!(i.finished.is_empty(), "{v}");
-        }
-        let absent = br#"{"choices":[],"usage":{}}"#;
-        assert_eq!(classify(absent).usage, Some(Usage::default()));
-    }
+/// The event's type: the data's `type` when it has one, else its `event:` name.
+fn kind<'a>(of_data: Option<&'a str>, name: Option<&'a [u8]>) -> Option<&'a str> {
+    of_data.or_else(|| name.and_then(|n| std::str::from_utf8(n).ok()))
 }

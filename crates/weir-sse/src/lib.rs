@@ -1,9 +1,10 @@
-//! The tee's SSE parser: finds `data:` events in the bytes as they pass, keeping only the
-//! unfinished tail of a line (and the data of an event that spans chunks, both bounded),
-//! and classifies each event's JSON (tokens, usage, finish, error).
+//! The tee's SSE parser: finds events (`data:` and `event:` fields) in the bytes as they
+//! pass, keeping only the unfinished tail of a line (and the data and name of an event that
+//! spans chunks, all bounded), and classifies each event's JSON (tokens, usage, finish,
+//! error) for each API served: chat and completions, Responses, Messages.
 
 mod classify;
 mod parser;
 
-pub use classify::{EventInfo, Usage, classify};
-pub use parser::{DEFAULT_MAX_LINE, Event, SseParser};
+pub use classify::{Api, EventInfo, Reported, Usage, classify, classify_body, classify_event};
+pub use parser::{DEFAULT_MAX_LINE, Event, MAX_EVENT_NAME, SseParser};

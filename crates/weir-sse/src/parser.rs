@@ -1,30 +1,45 @@
-//! The incremental event-stream parser: finds `data:` events in the bytes as they pass,
-//! keeping only the unfinished tail of a line and the data of an event that spans chunks,
-//! both bounded.
+//! The incremental event-stream parser: finds events (`data:` and `event:` fields) in the
+//! bytes as they pass, keeping only the unfinished tail of a line and the data and name of an
+//! event that spans chunks, both bounded.
 
-/// One complete event: its joined `data` and where it sits in the stream (absolute offsets,
-/// `end` just past the blank line that closed it).
+mod event;
+
+use event::Borrowed;
+
+/// One complete event: its joined `data`, its `event:` name (the last one given; None when the
+/// event had no `event` field) and where it sits in the stream (absolute offsets, `end` just
+/// past the blank line that closed it).
 #[derive(Debug)]
 pub struct Event<'a> {
     pub data: &'a [u8],
+    pub name: Option<&'a [u8]>,
     pub start: u64,
     pub end: u64,
 }
 
-/// Incremental WHATWG event-stream parser (only `data:` matters; other fields are ignored).
+/// Longest `event:` name kept: a longer one is dropped like an over-long line (the line is
+/// ignored and `degraded` set). The names of every API served are under 64 bytes.
+pub const MAX_EVENT_NAME: usize = 128;
+
+/// Incremental WHATWG event-stream parser. Only `data` and `event` fields matter (`id`,
+/// `retry` and comments are ignored); an event is reported at its blank line when it has data.
 ///
 /// Two limits bound what it holds, whatever the input: a line longer than `max_line` (its
-/// terminator not counted) is skipped, and an event whose joined data would exceed
-/// `max_event` is dropped whole, up to its blank line. Either sets `degraded`. The limits
-/// apply the same way however the stream is cut into chunks, so the events found never
-/// depend on the cuts, and [`SseParser::held`] never exceeds `max_line + max_event`.
+/// terminator not counted) is skipped, and an event whose joined data plus name would exceed
+/// `max_event` is dropped whole, up to its blank line. Either sets `degraded`, as does a name
+/// longer than [`MAX_EVENT_NAME`] (dropped). The limits apply the same way however the stream
+/// is cut into chunks, so the events found never depend on the cuts, and
+/// [`SseParser::held`] never exceeds `max_line + max_event`.
 #[derive(Debug)]
 pub struct SseParser {
     /// Bytes of a line that began in an earlier chunk and has not ended yet.
     tail: Vec<u8>,
-    /// Joined `data` of the current event when it cannot be borrowed from one chunk.
+    /// Joined `data` of the current event when it cannot be borrowed from one chunk, followed
+    /// by its name when that cannot be borrowed either (`name_owned` bytes at the end).
     data: Vec<u8>,
     has_data: bool,
+    /// Length of the current event's name held at the end of `data`, if it is held there.
+    name_owned: Option<usize>,
     /// The previous chunk ended in `\r`: a leading `\n` completes that line ending.
     skip_lf: bool,
     /// The rest of the current line is ignored (too long, or inside a dropped event).
@@ -51,23 +66,21 @@ impl Default for SseParser {
     }
 }
 
-/// A data line borrowed from the current chunk (`chunk[start..end]`), not yet copied.
-type Borrowed = Option<(usize, usize)>;
-
 impl SseParser {
-    /// A parser that skips lines longer than `max_line` and events whose data would be
-    /// longer than `max_line` too: `with_limits(max_line, max_line)`.
+    /// A parser that skips lines longer than `max_line` and events whose data (and name)
+    /// would be longer than `max_line` too: `with_limits(max_line, max_line)`.
     pub fn new(max_line: usize) -> Self {
         SseParser::with_limits(max_line, max_line)
     }
 
     /// A parser that skips lines longer than `max_line` bytes and drops events whose joined
-    /// data (data lines joined by `\n`) would be longer than `max_event` bytes.
+    /// data (data lines joined by `\n`) plus name would be longer than `max_event` bytes.
     pub fn with_limits(max_line: usize, max_event: usize) -> Self {
         SseParser {
             tail: Vec::new(),
             data: Vec::new(),
             has_data: false,
+            name_owned: None,
             skip_lf: false,
             skip_line: false,
             skip_event: false,
@@ -99,7 +112,8 @@ impl SseParser {
     }
 
     /// Bytes of memory the parser holds between (and during) calls to `feed`: the capacity
-    /// of its line and data buffers. Never more than `max_line + max_event`.
+    /// of its line and event buffers (the event name is held in the latter). Never more than
+    /// `max_line + max_event`.
     pub fn held(&self) -> usize {
         self.tail.capacity() + self.data.capacity()
     }
@@ -122,8 +136,8 @@ impl SseParser {
                 }
             }
         }
-        // A first data line borrowed from this chunk, not yet copied into `self.data`.
-        let mut borrowed: Borrowed = None;
+        // The event's first data line and name, while they lie in this chunk uncopied.
+        let mut borrowed = Borrowed::default();
         while pos < chunk.len() {
             let Some(rel) = memchr::memchr2(b'\n', b'\r', &chunk[pos..]) else {
                 // Unfinished line: keep it (bounded), and any borrowed data it follows.
@@ -189,102 +203,6 @@ impl SseParser {
         line.clear();
         self.tail = line;
     }
-
-    /// A complete non-empty line lying inside `chunk[start..end]`.
-    fn field(&mut self, chunk: &[u8], start: usize, end: usize, borrowed: &mut Borrowed) {
-        let line = &chunk[start..end];
-        if line.len() > self.max_line {
-            self.degraded = true;
-            return;
-        }
-        if self.skip_event {
-            return;
-        }
-        if let Some(v) = data_value(line) {
-            let held = borrowed.map_or(self.data.len(), |(s, e)| e - s);
-            if !self.fits(held, v.len()) {
-                self.drop_event(borrowed);
-            } else if !self.has_data {
-                self.has_data = true;
-                *borrowed = Some((end - v.len(), end));
-            } else {
-                self.spill(chunk, borrowed);
-                extend_capped(&mut self.data, b"\n", self.max_event);
-                extend_capped(&mut self.data, v, self.max_event);
-            }
-        }
-    }
-
-    /// A complete non-empty line that had to be assembled from two chunks.
-    fn owned_field(&mut self, line: &[u8]) {
-        if self.skip_event {
-            return;
-        }
-        if let Some(v) = data_value(line) {
-            if !self.fits(self.data.len(), v.len()) {
-                self.drop_event(&mut None);
-                return;
-            }
-            if self.has_data {
-                extend_capped(&mut self.data, b"\n", self.max_event);
-            }
-            self.has_data = true;
-            extend_capped(&mut self.data, v, self.max_event);
-        }
-    }
-
-    /// Whether a data value of `add` bytes can join the `held` bytes of the event.
-    fn fits(&self, held: usize, add: usize) -> bool {
-        let joined = if self.has_data { held + 1 + add } else { add };
-        joined <= self.max_event
-    }
-
-    /// The event is too large: forget its data, ignore it up to its blank line.
-    fn drop_event(&mut self, borrowed: &mut Borrowed) {
-        *borrowed = None;
-        self.data = Vec::new();
-        self.has_data = false;
-        self.skip_event = true;
-        self.degraded = true;
-    }
-
-    /// Moves borrowed data into the owned buffer (the event continues past this chunk or
-    /// gains another data line).
-    fn spill(&mut self, chunk: &[u8], borrowed: &mut Borrowed) {
-        if let Some((s, e)) = borrowed.take() {
-            extend_capped(&mut self.data, &chunk[s..e], self.max_event);
-        }
-    }
-
-    fn dispatch(
-        &mut self,
-        chunk: &[u8],
-        borrowed: &mut Borrowed,
-        end: u64,
-        on_event: &mut impl FnMut(Event<'_>),
-    ) {
-        let start = self.event_start;
-        self.event_start = end;
-        self.skip_event = false;
-        if !self.has_data {
-            return;
-        }
-        self.has_data = false;
-        if let Some((s, e)) = borrowed.take() {
-            on_event(Event {
-                data: &chunk[s..e],
-                start,
-                end,
-            });
-        } else {
-            on_event(Event {
-                data: &self.data,
-                start,
-                end,
-            });
-            self.data.clear();
-        }
-    }
 }
 
 /// Appends `bytes` to `v`, growing it (amortized, by doubling) but never past `limit` bytes
@@ -303,19 +221,6 @@ fn grow_capped(v: &mut Vec<u8>, add: usize, limit: usize) {
     let need = v.len() + add;
     let want = v.capacity().saturating_mul(2).clamp(need, limit.max(need));
     v.reserve_exact(want - v.len());
-}
-
-/// The value of a `data` field line, or None for comments and other fields.
-fn data_value(line: &[u8]) -> Option<&[u8]> {
-    let rest = line.strip_prefix(b"data")?;
-    match rest.first() {
-        None => Some(rest),
-        Some(b':') => {
-            let v = &rest[1..];
-            Some(v.strip_prefix(b" ").unwrap_or(v))
-        }
-        Some(_) => None,
-    }
 }
 
 #[cfg(test)]

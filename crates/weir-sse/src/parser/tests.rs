@@ -13,6 +13,19 @@ fn events(chunks: &[&[u8]]) -> Vec<(String, u64, u64)> {
     out
 }
 
+/// The (name, data) of each event, however the stream is cut.
+fn named(chunks: &[&[u8]]) -> Vec<(Option<String>, String)> {
+    let mut p = SseParser::default();
+    let mut out = Vec::new();
+    for c in chunks {
+        p.feed(c, |e| {
+            let name = e.name.map(|n| String::from_utf8_lossy(n).into_owned());
+            out.push((name, String::from_utf8_lossy(e.data).into_owned()))
+        });
+    }
+    out
+}
+
 #[test]
 fn line_endings_comments_and_multiline_data() {
     let s = b": keep-alive\n\ndata: a\r\ndata:b\r\rid: 7\nevent: x\ndata\n\ndata: [DONE]\n\n";
@@ -47,14 +60,16 @@ fn overlong_line_is_skipped_and_marked() {
     assert!(p.at_boundary());
 }
 
-/// Events found: (data, start, end).
-type Found = Vec<(Vec<u8>, u64, u64)>;
+/// Events found: (data, name, start, end).
+type Found = Vec<(Vec<u8>, Option<Vec<u8>>, u64, u64)>;
 
 /// Feeds `chunks` to `p`, checking the memory bound after every call; returns the events.
 fn feed_all(p: &mut SseParser, chunks: &[&[u8]], bound: usize) -> Found {
     let mut out = Vec::new();
     for c in chunks {
-        p.feed(c, |e| out.push((e.data.to_vec(), e.start, e.end)));
+        p.feed(c, |e| {
+            out.push((e.data.to_vec(), e.name.map(<[u8]>::to_vec), e.start, e.end))
+        });
         assert!(p.held() <= bound, "held {} > bound {bound}", p.held());
     }
     out
@@ -76,7 +91,7 @@ fn endless_event_stays_bounded_and_the_next_one_is_parsed() {
     assert_eq!(p.release_limit(), 9);
     let end = p.offset() + 1;
     let got = feed_all(&mut p, &[b"\n", b"data: ok\n", b"\n"], bound);
-    assert_eq!(got, vec![(b"ok".to_vec(), end, end + 10)]);
+    assert_eq!(got, vec![(b"ok".to_vec(), None, end, end + 10)]);
     assert!(p.at_boundary());
 
     // `new` bounds the event by the line cap: held stays under twice that.
@@ -97,7 +112,7 @@ fn event_limit_is_exact_and_cut_independent() {
         let got = feed_all(&mut p, &chunks, 24);
         let data: Vec<&[u8]> = got.iter().map(|e| &e.0[..]).collect();
         assert_eq!(data, [&b"0123\n456"[..], b"ok"]);
-        assert_eq!((got[1].1, got[1].2), (50, 60));
+        assert_eq!((got[1].2, got[1].3), (50, 60));
         assert!(p.degraded && p.at_boundary());
     }
 }
@@ -109,7 +124,7 @@ fn long_line_is_skipped_however_it_is_cut() {
         let mut p = SseParser::new(8);
         let chunks: Vec<&[u8]> = s.chunks(size).collect();
         let got = feed_all(&mut p, &chunks, 16);
-        assert_eq!(got, vec![(b"ab".to_vec(), 17, 27)]);
+        assert_eq!(got, vec![(b"ab".to_vec(), None, 17, 27)]);
         assert!(p.degraded && p.at_boundary());
     }
 }
@@ -118,6 +133,77 @@ fn long_line_is_skipped_however_it_is_cut() {
 fn empty_chunk_keeps_a_pending_crlf() {
     let got = events(&[b"data: x\r", b"", b"\ndata: y\n\n"]);
     assert_eq!(got, [("x\ny".to_string(), 0, 18)]);
+}
+
+/// Every way of cutting `s` in two and in three, and byte by byte.
+fn cuttings(s: &[u8]) -> Vec<Vec<&[u8]>> {
+    let mut out = vec![vec![s], s.chunks(1).collect()];
+    for i in 0..=s.len() {
+        out.push(vec![&s[..i], &s[i..]]);
+        for j in i..=s.len() {
+            out.push(vec![&s[..i], &s[i..j], &s[j..]]);
+        }
+    }
+    out
+}
+
+#[test]
+fn names_are_found_however_the_stream_is_cut() {
+    let s = b"event: response.created\ndata: {\"a\":1}\n\n\
+        data: x\nevent: late\r\n\r\n\
+        event: first\nevent: second\ndata: y\ndata: z\n\n\
+        event: no-data\n\n\
+        data: unnamed\n\n\
+        event\ndata: empty name\n\n\
+        : comment\nevent:tight\nid: 3\ndata: w\r\r";
+    let want = [
+        (Some("response.created"), "{\"a\":1}"),
+        (Some("late"), "x"),
+        (Some("second"), "y\nz"),
+        (None, "unnamed"),
+        (Some(""), "empty name"),
+        (Some("tight"), "w"),
+    ];
+    let want: Vec<(Option<String>, String)> = want
+        .iter()
+        .map(|(n, d)| (n.map(str::to_string), d.to_string()))
+        .collect();
+    for chunks in cuttings(s) {
+        assert_eq!(named(&chunks), want, "{chunks:?}");
+    }
+}
+
+#[test]
+fn over_long_name_is_dropped_and_marked() {
+    let long = "n".repeat(MAX_EVENT_NAME + 1);
+    let s = format!(
+        "event: kept\nevent: {long}\ndata: d\n\nevent: {}\ndata: e\n\n",
+        &long[1..]
+    );
+    for size in [s.len(), 7, 1] {
+        let mut p = SseParser::new(1024);
+        let chunks: Vec<&[u8]> = s.as_bytes().chunks(size).collect();
+        let got = feed_all(&mut p, &chunks, 2048);
+        let names: Vec<Option<&[u8]>> = got.iter().map(|e| e.1.as_deref()).collect();
+        assert_eq!(names, [Some(&b"kept"[..]), Some(&long.as_bytes()[1..])]);
+        assert!(p.degraded && p.at_boundary());
+    }
+}
+
+#[test]
+fn the_name_counts_against_the_event_bound() {
+    let s = b"event: abcd\ndata: 1234\n\nevent: abcde\ndata: 1234\n\ndata: 1234\nevent: abcde\n\n\
+        event: toolongname\n\ndata: ok\n\n";
+    for chunks in cuttings(s) {
+        let mut p = SseParser::with_limits(64, 8);
+        let got = feed_all(&mut p, &chunks, 72);
+        let want = vec![
+            (b"1234".to_vec(), Some(b"abcd".to_vec()), 0, 24),
+            (b"ok".to_vec(), None, s.len() as u64 - 10, s.len() as u64),
+        ];
+        assert_eq!(got, want);
+        assert!(p.degraded && p.at_boundary());
+    }
 }
 
 #[test]
@@ -153,9 +239,9 @@ fn run(limits: (usize, usize), stream: &[u8], mut at: Vec<usize>) -> (Found, boo
     let mut p = SseParser::with_limits(limits.0, limits.1);
     let mut got = feed_all(&mut p, &chunks, limits.0 + limits.1);
     for e in &mut got {
-        let end = e.2 as usize;
+        let end = e.3 as usize;
         if stream[end - 1] == b'\r' && stream.get(end) == Some(&b'\n') {
-            e.2 += 1;
+            e.3 += 1;
         }
     }
     assert_eq!(p.offset(), stream.len() as u64);
@@ -172,7 +258,7 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         4 => prop::sample::select(vec![
             &b"data: "[..], b"data:", b"data", b"\n", b"\r", b"\r\n", b"\n\n", b"x", b"yz",
-            b": c", b"id: 1", b"0123456789",
+            b": c", b"id: 1", b"0123456789", b"event: ", b"event:", b"event",
         ])
         .prop_map(<[u8]>::to_vec),
         1 => prop::collection::vec(any::<u8>(), 0..4),
@@ -180,47 +266,64 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(piece, 0..60).prop_map(|v| v.concat())
 }
 
-/// A line of a well-formed event: (field line without its ending, data value if any).
-fn line() -> impl Strategy<Value = (String, Option<String>)> {
+/// What a line of a well-formed event sets.
+#[derive(Debug, Clone)]
+enum Sets {
+    Data(String),
+    Name(String),
+    Nothing,
+}
+
+/// A line of a well-formed event: (field line without its ending, what it sets).
+fn line() -> impl Strategy<Value = (String, Sets)> {
+    // The one space after the colon is not part of the value; another one is.
+    let sep = |v: &str| {
+        if v.starts_with(' ') || v.len() % 2 == 0 {
+            " "
+        } else {
+            ""
+        }
+    };
     prop_oneof![
-        "[a-z :{}\"]{0,12}".prop_map(|v| {
-            let sep = if v.starts_with(' ') || v.len() % 2 == 0 {
-                " "
-            } else {
-                ""
-            };
-            (format!("data:{sep}{v}"), Some(v))
-        }),
-        Just(("data".to_string(), Some(String::new()))),
-        "[a-z ]{0,8}".prop_map(|c| (format!(":{c}"), None)),
-        ("id|event|retry|datax|dat", "[a-z0-9 ]{0,6}")
-            .prop_map(|(f, v)| (format!("{f}:{v}"), None)),
+        "[a-z :{}\"]{0,12}".prop_map(move |v| (format!("data:{}{v}", sep(&v)), Sets::Data(v))),
+        Just(("data".to_string(), Sets::Data(String::new()))),
+        "[a-z. _]{0,12}".prop_map(move |v| (format!("event:{}{v}", sep(&v)), Sets::Name(v))),
+        Just(("event".to_string(), Sets::Name(String::new()))),
+        "[a-z ]{0,8}".prop_map(|c| (format!(":{c}"), Sets::Nothing)),
+        ("id|retry|datax|dat|eventx|even", "[a-z0-9 ]{0,6}")
+            .prop_map(|(f, v)| (format!("{f}:{v}"), Sets::Nothing)),
     ]
 }
 
-type Events = Vec<Vec<((String, Option<String>), usize)>>;
+type Events = Vec<Vec<((String, Sets), usize)>>;
 
-/// Renders well-formed events; returns the stream, the events expected (data, start, end)
-/// and the tightest limits (longest line, longest joined data) that still accept them.
+/// Renders well-formed events; returns the stream, the events expected (data, name, start,
+/// end) and the tightest limits (longest line; largest joined data plus name an event reaches)
+/// that still accept them.
 fn render(events: &Events) -> (Vec<u8>, Found, (usize, usize)) {
     const ENDINGS: [&str; 3] = ["\n", "\r", "\r\n"];
     let (mut s, mut want, mut limits) = (String::new(), Vec::new(), (0, 0));
     for lines in events {
         let start = s.len() as u64;
         let mut data: Option<String> = None;
-        for ((text, value), ending) in lines {
+        let mut name: Option<String> = None;
+        for ((text, sets), ending) in lines {
             s.push_str(text);
             s.push_str(ENDINGS[*ending]);
             limits.0 = limits.0.max(text.len());
-            if let Some(v) = value {
-                data = Some(data.map_or(v.clone(), |d| format!("{d}\n{v}")));
+            match sets {
+                Sets::Data(v) => data = Some(data.map_or(v.clone(), |d| format!("{d}\n{v}"))),
+                Sets::Name(v) => name = Some(v.clone()),
+                Sets::Nothing => {}
             }
+            let size = data.as_ref().map_or(0, String::len) + name.as_ref().map_or(0, String::len);
+            limits.1 = limits.1.max(size);
         }
         // The blank line; after a lone `\r`, a lone `\n` would only complete that ending.
         s.push_str(if s.ends_with('\r') { "\r" } else { "\n" });
         if let Some(d) = data {
-            limits.1 = limits.1.max(d.len());
-            want.push((d.into_bytes(), start, s.len() as u64));
+            let name = name.map(String::into_bytes);
+            want.push((d.into_bytes(), name, start, s.len() as u64));
         }
     }
     (s.into_bytes(), want, limits)

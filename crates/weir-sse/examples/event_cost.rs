@@ -1,0 +1,88 @@
+//! Per-event cost of the parser and the classifier on vLLM's chat captures, for counting
+//! instructions under callgrind: run it with two iteration counts and divide the difference
+//! by the events it adds (startup and file reading cancel out).
+//!
+//!     cargo build --release -p weir-sse --example event_cost
+//!     valgrind --tool=callgrind target/release/examples/event_cost classify 1
+//!     valgrind --tool=callgrind target/release/examples/event_cost classify 101
+//!
+//! Modes: `classify` (the events' data, already split), `event` (the same through
+//! `classify_event(Api::Chat, ..)`), `parse` (the parser alone, the whole capture in one
+//! chunk) and `both` (parser and classifier, as the gateway runs them); `responses` and
+//! `messages` run parser and classifier on those APIs' captures instead.
+
+use std::hint::black_box;
+
+use weir_sse::{Api, SseParser, classify, classify_event};
+
+const CAPTURES: [&str; 5] = [
+    "chat_stream_usage.sse",
+    "chat_stream_continuous_usage.sse",
+    "chat_stream_no_usage.sse",
+    "chat_stream_usage_prompt_details.sse",
+    "completions_stream.sse",
+];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "both".into());
+    let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/vllm-0.32.0/"
+    );
+    let (api, captures) = match mode.as_str() {
+        "responses" => (Api::Responses, &["responses_stream.sse"][..]),
+        "messages" => (Api::Messages, &["messages_stream.sse"][..]),
+        _ => (Api::Chat, &CAPTURES[..]),
+    };
+    let streams: Vec<Vec<u8>> = captures
+        .iter()
+        .map(|f| std::fs::read(format!("{dir}{f}")).expect("capture"))
+        .collect();
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    for s in &streams {
+        SseParser::default().feed(s, |e| events.push(e.data.to_vec()));
+    }
+    let mut seen = 0usize;
+    for _ in 0..iterations {
+        match mode.as_str() {
+            "classify" => {
+                for e in &events {
+                    let info = classify(black_box(e));
+                    seen += usize::from(black_box(&info).content);
+                }
+            }
+            "event" => {
+                for e in &events {
+                    let info = classify_event(Api::Chat, None, black_box(e));
+                    seen += usize::from(black_box(&info).content);
+                }
+            }
+            "responses" | "messages" => {
+                for s in &streams {
+                    SseParser::default().feed(black_box(s), |e| {
+                        let info = classify_event(api, e.name, e.data);
+                        seen += usize::from(black_box(&info).content);
+                    });
+                }
+            }
+            "parse" => {
+                for s in &streams {
+                    SseParser::default().feed(black_box(s), |e| {
+                        seen += black_box(e.data).len();
+                    });
+                }
+            }
+            _ => {
+                for s in &streams {
+                    SseParser::default().feed(black_box(s), |e| {
+                        let info = classify(e.data);
+                        seen += usize::from(black_box(&info).content);
+                    });
+                }
+            }
+        }
+    }
+    println!("{} events per iteration; {seen}", events.len());
+}
