@@ -16,6 +16,7 @@ fn args(url: String) -> BenchArgs {
         prompt_tokens: 32,
         max_tokens: 11,
         no_stream: false,
+        api: weir_bench::Api::Chat,
         completions: false,
         requests: Some(24),
         duration: Duration::from_secs(30),

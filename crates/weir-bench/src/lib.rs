@@ -1,7 +1,12 @@
 //! `weir bench`: a client-side load generator for OpenAI-compatible endpoints (weir, vLLM
 //! or anything else), measuring with the same definitions and the same SSE parser as the
-//! gateway: TTFT, ITL, TPOT, e2e, throughput and goodput against SLOs.
+//! gateway: TTFT, ITL, TPOT, e2e, throughput and goodput against SLOs. `--api` picks the
+//! API: chat (default), completions, responses (OpenAI Responses), messages (Anthropic
+//! Messages) or embeddings (not streamed).
 
+mod api;
+mod events;
+mod measure;
 pub mod report;
 
 use std::path::PathBuf;
@@ -10,15 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+pub use api::Api;
 pub use report::{Report, Slo};
-use weir_sse::{SseParser, classify};
 
 /// Arguments of `weir bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,8 +50,13 @@ pub struct BenchArgs {
     /// Send non-streamed requests.
     #[arg(long)]
     pub no_stream: bool,
-    /// Use /v1/completions instead of /v1/chat/completions.
-    #[arg(long)]
+    /// The API to load: chat (/v1/chat/completions), completions (/v1/completions),
+    /// responses (/v1/responses), messages (/v1/messages, with `anthropic-version:
+    /// 2023-06-01`) or embeddings (/v1/embeddings, never streamed).
+    #[arg(long, value_enum, default_value_t = Api::Chat)]
+    pub api: Api,
+    /// The same as `--api completions`.
+    #[arg(long, conflicts_with = "api")]
     pub completions: bool,
     /// Stop after this many requests (per run).
     #[arg(long)]
@@ -73,6 +82,42 @@ pub struct BenchArgs {
     /// Also write the report(s) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+impl Default for BenchArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8080".to_owned(),
+            model: "tiny-llama".to_owned(),
+            concurrency: None,
+            rate: None,
+            sweep: Vec::new(),
+            prompt_tokens: 128,
+            max_tokens: 64,
+            no_stream: false,
+            api: Api::Chat,
+            completions: false,
+            requests: None,
+            duration: Duration::from_secs(30),
+            warmup: Duration::ZERO,
+            ramp_up: Duration::ZERO,
+            headers: Vec::new(),
+            slo: None,
+            json: None,
+        }
+    }
+}
+
+impl BenchArgs {
+    /// The API loaded: `--api`, or completions with `--completions`.
+    pub fn effective_api(&self) -> Api {
+        if self.completions {
+            Api::Completions
+        } else {
+            self.api
+        }
+    }
 }
 
 /// How one run sends its load.
@@ -133,14 +178,10 @@ pub async fn run_load(args: &BenchArgs, load: Load) -> std::io::Result<Report> {
 }
 
 async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Result<Report> {
-    let headers = parse_headers(&args.headers)?;
-    let body = Bytes::from(request_body(args).to_string());
-    let path = if args.completions {
-        "/v1/completions"
-    } else {
-        "/v1/chat/completions"
-    };
-    let uri: http::Uri = format!("{}{path}", args.url.trim_end_matches('/'))
+    let api = args.effective_api();
+    let headers = parse_headers(&args.headers, api)?;
+    let body = Bytes::from(api::request_body(args, api).to_string());
+    let uri: http::Uri = format!("{}{}", args.url.trim_end_matches('/'), api.path())
         .parse()
         .map_err(std::io::Error::other)?;
     let client = client.clone();
@@ -155,7 +196,7 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
         move || {
             let (client, uri, body, headers) =
                 (client.clone(), uri.clone(), body.clone(), headers.clone());
-            async move { measure(&client, uri, body, headers).await }
+            async move { measure::measure(&client, api, uri, body, headers).await }
         }
     };
     // Whether a request starting now is sent, and whether it is counted; None: stop.
@@ -222,32 +263,8 @@ async fn drive(client: &HttpClient, args: &BenchArgs, load: Load) -> std::io::Re
     Ok(Report::new(load, &samples, elapsed, args.slo.as_ref()))
 }
 
-fn request_body(args: &BenchArgs) -> serde_json::Value {
-    let words = [
-        "weir", "river", "flow", "stone", "water", "gate", "level", "bank",
-    ];
-    let prompt: String = (0..args.prompt_tokens)
-        .map(|i| words[i % words.len()])
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut body = serde_json::json!({
-        "model": args.model,
-        "max_tokens": args.max_tokens,
-        "ignore_eos": true,
-        "stream": !args.no_stream,
-    });
-    if args.completions {
-        body["prompt"] = prompt.into();
-    } else {
-        body["messages"] = serde_json::json!([{"role": "user", "content": prompt}]);
-    }
-    if !args.no_stream {
-        body["stream_options"] = serde_json::json!({"include_usage": true});
-    }
-    body
-}
-
-fn parse_headers(raw: &[String]) -> std::io::Result<http::HeaderMap> {
+/// The `--header`s, then those `api` needs that they do not give.
+fn parse_headers(raw: &[String], api: Api) -> std::io::Result<http::HeaderMap> {
     let mut map = http::HeaderMap::new();
     for h in raw {
         let (k, v) = h
@@ -258,94 +275,43 @@ fn parse_headers(raw: &[String]) -> std::io::Result<http::HeaderMap> {
         let value = http::HeaderValue::from_str(v.trim()).map_err(std::io::Error::other)?;
         map.append(name, value);
     }
+    for (name, value) in api.headers() {
+        if !map.contains_key(*name) {
+            map.insert(*name, http::HeaderValue::from_static(value));
+        }
+    }
     Ok(map)
 }
 
-/// Sends one request and measures it as the gateway does.
-async fn measure(
-    client: &HttpClient,
-    uri: http::Uri,
-    body: Bytes,
-    headers: http::HeaderMap,
-) -> Sample {
-    let t0 = Instant::now();
-    let mut s = Sample::default();
-    let Ok(mut req) = Request::post(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-    else {
-        return s;
-    };
-    req.headers_mut().extend(headers);
-    let res = match client.request(req).await {
-        Ok(r) => r,
-        Err(_) => {
-            s.e2e = t0.elapsed().as_secs_f64();
-            return s;
-        }
-    };
-    let status_ok = res.status().is_success();
-    let is_sse = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut body = res.into_body();
-    let mut parser = SseParser::default();
-    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
-    let (mut content, mut done, mut error) = (0u64, false, false);
-    let mut whole = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            error = true;
-            break;
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let now = Instant::now();
-        if !is_sse {
-            whole.extend_from_slice(&data);
-            continue;
-        }
-        parser.feed(&data, |e| {
-            let info = classify(e.data);
-            done |= info.done;
-            error |= info.error;
-            if info.content {
-                content += 1;
-                match last {
-                    None => first = Some(now),
-                    Some(l) => s.itl.push((now - l).as_secs_f32()),
-                }
-                last = Some(now);
-            }
-            if let Some(u) = info.usage {
-                s.output_tokens = u.completion_tokens;
-                s.input_tokens = u.prompt_tokens;
-            }
-        });
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
     }
-    let end = Instant::now();
-    s.e2e = (end - t0).as_secs_f64();
-    if !whole.is_empty() {
-        // Not a stream: usage from the JSON body; no TTFT.
-        let info = classify(&whole);
-        if let Some(u) = info.usage {
-            s.output_tokens = u.completion_tokens;
-            s.input_tokens = u.prompt_tokens;
+
+    #[test]
+    fn defaults_match_the_cli_and_api_parses() {
+        let parsed = Cli::parse_from(["bench"]).bench;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", BenchArgs::default()));
+        for (flag, api) in [
+            ("chat", Api::Chat),
+            ("completions", Api::Completions),
+            ("responses", Api::Responses),
+            ("messages", Api::Messages),
+            ("embeddings", Api::Embeddings),
+        ] {
+            let a = Cli::parse_from(["bench", "--api", flag]).bench;
+            assert_eq!(a.effective_api(), api);
         }
-        s.ok = status_ok && !info.invalid && !info.error;
-        return s;
+        let a = Cli::parse_from(["bench", "--completions"]).bench;
+        assert_eq!(a.effective_api(), Api::Completions);
+        assert!(Cli::try_parse_from(["bench", "--completions", "--api", "chat"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--api", "rerank"]).is_err());
     }
-    if s.output_tokens == 0 {
-        s.output_tokens = content;
-    }
-    s.ttft = first.map(|f| (f - t0).as_secs_f64());
-    if let Some(ttft) = s.ttft {
-        if s.output_tokens > 1 {
-            s.tpot = Some((s.e2e - ttft) / (s.output_tokens - 1) as f64);
-        }
-    }
-    s.ok = status_ok && done && !error;
-    s
 }

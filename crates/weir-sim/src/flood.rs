@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use super::Fault;
 use super::handlers::Sim;
 use super::metrics::{Reason, Tracker};
-use super::render::{self, Chunks, Finish, Full};
+use super::output::{Collected, Piece};
+use super::render::{self, Chunks, Details, Finish, Full};
 use super::reply::{JSON, SSE, respond};
 use super::request::{Kind, Plan};
 use super::stream::SimBody;
@@ -78,9 +79,9 @@ impl Patterns {
             };
             let chunks = Chunks::new(kind, id, sim.created(), &sim.model_json, 0, false);
             let event = if finish {
-                chunks.token("", 1, Some(Finish::Stop), None)
+                chunks.token(Piece::Text(""), 1, Some(Finish::Stop), None)
             } else {
-                chunks.token("a", 1, None, None)
+                chunks.token(Piece::Text("a"), 1, None, None)
             };
             repeated(&event, FRAME)
         })
@@ -179,7 +180,7 @@ fn streamed_ends(sim: &Sim, ask: &Ask<'_>, tokens: u32) -> (Bytes, Bytes) {
         plan.continuous_usage,
     );
     let fingerprint = (!plan.include_usage).then_some(sim.fingerprint.as_str());
-    let event = chunks.token(MARK, tokens, Some(Finish::Length), fingerprint);
+    let event = chunks.token(Piece::Text(MARK), tokens, Some(Finish::Length), fingerprint);
     let (before, after) = split(&event);
     let mut head = BytesMut::new();
     if ask.kind == Kind::Chat {
@@ -196,16 +197,22 @@ fn streamed_ends(sim: &Sim, ask: &Ask<'_>, tokens: u32) -> (Bytes, Bytes) {
 
 /// What comes before and after the content of a non-streamed answer.
 fn whole_ends(sim: &Sim, ask: &Ask<'_>, tokens: u32) -> (Bytes, Bytes) {
+    let out = Collected {
+        text: MARK.to_owned(),
+        ..Collected::default()
+    };
     let rendered = render::full(&Full {
         kind: ask.kind,
         id: ask.id,
         created: ask.created,
         model_json: &sim.model_json,
-        text: MARK,
+        out: &out,
+        tool: None,
         finish: Finish::Length,
         fingerprint: &sim.fingerprint,
         prompt_tokens: ask.plan.prompt_tokens,
         completion_tokens: tokens,
+        details: Details::default(),
     });
     let (before, after) = split(rendered.as_bytes());
     (

@@ -10,16 +10,16 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::cache::PrefixCache;
 use super::clock;
-use super::flood::{self, Ask, Patterns};
-use super::metrics::{self, Metrics, Reason, Tracker};
+use super::flood::Patterns;
+use super::metrics::{self, Metrics};
+use super::pooling::Pool;
 use super::pydantic::{ApiError, json_str};
-use super::render::{self, Chunks, Finish, Full};
-use super::reply::{
-    ENGINE_ERROR, JSON, SSE, detail, error, header_ms, injected, read_body, respond,
-};
-use super::request::{self, Kind, Plan};
-use super::stream::{Generation, SimBody, Stream, Timing, jitter, later};
+use super::render;
+use super::reply::{JSON, detail, error, header_ms, read_body, respond};
+use super::request::{self, Api};
+use super::stream::{SimBody, Timing, later};
 use super::{Fault, SimConfig};
 
 /// Most inputs in one embeddings request.
@@ -43,6 +43,7 @@ pub(crate) struct Sim {
     pub stopping: AtomicBool,
     /// The flood frames of the hostile faults, built on first use.
     pub patterns: Patterns,
+    pub cache: PrefixCache,
 }
 
 impl Sim {
@@ -63,6 +64,7 @@ impl Sim {
             shutdown: Arc::new(Notify::new()),
             stopping: AtomicBool::new(false),
             patterns: Patterns::default(),
+            cache: PrefixCache::new(cfg.prefix_cache_blocks),
             cfg,
         })
     }
@@ -73,7 +75,7 @@ impl Sim {
         self.shutdown.notify_waiters();
     }
 
-    async fn until_shutdown(&self) {
+    pub(crate) async fn until_shutdown(&self) {
         let notified = self.shutdown.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
@@ -95,9 +97,15 @@ impl Sim {
             return respond(StatusCode::UNAUTHORIZED, Some(JSON), body);
         }
         match req.uri().path() {
-            "/v1/chat/completions" if post => self.generate(Kind::Chat, req).await,
-            "/v1/completions" if post => self.generate(Kind::Completion, req).await,
+            "/v1/chat/completions" if post => self.generate(Api::Chat, req).await,
+            "/v1/completions" if post => self.generate(Api::Completion, req).await,
+            "/v1/responses" if post => self.generate(Api::Responses, req).await,
+            "/v1/messages" if post => self.generate(Api::Messages, req).await,
             "/v1/embeddings" if post => self.embeddings(req).await,
+            "/pooling" if post => self.pool(Pool::Pooling, req).await,
+            "/classify" if post => self.pool(Pool::Classify, req).await,
+            "/score" | "/v1/score" if post => self.pool(Pool::Score, req).await,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" if post => self.pool(Pool::Rerank, req).await,
             "/v1/models" if get => {
                 let created = self.created();
                 let perm = render::mix(render::hash(self.cfg.model.as_bytes()), created);
@@ -115,7 +123,16 @@ impl Sim {
             }
             "/v1/chat/completions"
             | "/v1/completions"
+            | "/v1/responses"
+            | "/v1/messages"
             | "/v1/embeddings"
+            | "/pooling"
+            | "/classify"
+            | "/score"
+            | "/v1/score"
+            | "/rerank"
+            | "/v1/rerank"
+            | "/v2/rerank"
             | "/v1/models"
             | "/health"
             | "/metrics" => detail(StatusCode::METHOD_NOT_ALLOWED),
@@ -138,7 +155,10 @@ impl Sim {
         given == Some(format!("Bearer {key}").as_str())
     }
 
-    fn overrides(&self, headers: &HeaderMap) -> Result<(Timing, Option<Fault>), ApiError> {
+    pub(crate) fn overrides(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Timing, Option<Fault>), ApiError> {
         let cfg = &self.cfg;
         let timing = Timing {
             ttft: header_ms(headers, "x-sim-ttft-ms")?.unwrap_or(cfg.ttft),
@@ -168,170 +188,6 @@ impl Sim {
             }
         };
         Ok((timing, fault))
-    }
-
-    async fn generate(self: Arc<Self>, kind: Kind, req: Request<Incoming>) -> Response<SimBody> {
-        let (parts, body) = req.into_parts();
-        let (timing, fault) = match self.overrides(&parts.headers) {
-            Ok(o) => o,
-            Err(e) => return error(e),
-        };
-        let raw = match read_body(body).await {
-            Ok(raw) => raw,
-            Err(e) => return error(e),
-        };
-        let plan = match request::parse(kind, &raw, &self.cfg.model, self.cfg.max_model_len) {
-            Ok(plan) => plan,
-            Err(e) => return error(e),
-        };
-        let seed = match parts.headers.get("x-request-id") {
-            Some(id) => render::hash(id.as_bytes()),
-            None => fastrand::u64(..),
-        };
-        if let Some(Fault::Http(code)) = fault {
-            self.metrics.finished(Reason::Error);
-            return injected(code, &format!("weir sim: injected HTTP {code} fault"));
-        }
-        // 53 random bits as a fraction in [0, 1).
-        let draw = (render::mix(seed, 4) >> 11) as f64 / (1u64 << 53) as f64;
-        if draw < self.cfg.error_rate {
-            self.metrics.finished(Reason::Error);
-            return injected(500, ENGINE_ERROR);
-        }
-        let (tokens, finish) = output_length(&plan, seed);
-        let id_prefix = match kind {
-            Kind::Chat => "chatcmpl",
-            Kind::Completion => "cmpl",
-        };
-        let id = format!("{id_prefix}-{:016x}", render::mix(seed, 1));
-        let created = self.created();
-        if let Some(fault) = fault.filter(|f| flood::hostile(*f)) {
-            let ask = Ask {
-                kind,
-                plan: &plan,
-                id: &id,
-                created,
-            };
-            return flood::answer(&self, fault, &ask);
-        }
-        let tracker = Tracker::new(self.clone());
-        if plan.stream {
-            let chunks = Chunks::new(
-                kind,
-                &id,
-                created,
-                &self.model_json,
-                plan.prompt_tokens,
-                plan.continuous_usage,
-            );
-            let generation = Generation {
-                chunks,
-                tokens,
-                finish,
-                include_usage: plan.include_usage,
-                fault,
-                timing,
-                prompt_tokens: plan.prompt_tokens,
-                seed,
-                chat: kind == Kind::Chat,
-            };
-            let stream = Stream::new(generation, tracker);
-            return respond(StatusCode::OK, Some(SSE), SimBody::Stream(Box::new(stream)));
-        }
-        let done = Done {
-            kind,
-            plan: &plan,
-            id: &id,
-            created,
-            seed,
-            tokens,
-            finish,
-        };
-        self.complete(tracker, &done, timing, fault).await
-    }
-
-    /// A non-streamed generation: answers once the whole output would have been generated.
-    async fn complete(
-        &self,
-        mut tracker: Tracker,
-        d: &Done<'_>,
-        timing: Timing,
-        fault: Option<Fault>,
-    ) -> Response<SimBody> {
-        let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
-            return injected(500, ENGINE_ERROR);
-        };
-        let admitted = Instant::now();
-        tracker.admit(permit, d.plan.prompt_tokens, admitted);
-        let mut rng = fastrand::Rng::with_seed(render::mix(d.seed, 5));
-        let first = later(
-            admitted,
-            timing
-                .ttft
-                .saturating_add(jitter(&mut rng, timing.ttft_jitter)),
-        );
-        let token_time = |count: u32, rng: &mut fastrand::Rng| {
-            if timing.itl_jitter.is_zero() {
-                return later(first, timing.itl.saturating_mul(count.saturating_sub(1)));
-            }
-            let mut t = first;
-            for _ in 1..count {
-                t = later(t, timing.itl.saturating_add(jitter(rng, timing.itl_jitter)));
-            }
-            t
-        };
-        let produced = match fault {
-            Some(Fault::Stall { .. }) => {
-                // No answer until the client leaves (abort) or the server stops.
-                self.until_shutdown().await;
-                let body = SimBody::Broken {
-                    head: None,
-                    yielded: false,
-                };
-                return respond(StatusCode::OK, Some(JSON), body);
-            }
-            Some(Fault::ErrorEvent { after } | Fault::Close { after }) => after.min(d.tokens),
-            // The hostile faults are answered before a generation starts.
-            _ => d.tokens,
-        };
-        clock::Sleep::until(token_time(produced.max(1), &mut rng)).await;
-        tracker.tokens(produced, first, timing.itl);
-        if let Some(Fault::ErrorEvent { .. }) = fault {
-            tracker.finish(Reason::Error);
-            return injected(500, ENGINE_ERROR);
-        }
-        let mut words = fastrand::Rng::with_seed(render::mix(d.seed, 3));
-        let mut text = String::with_capacity(d.tokens as usize * 8);
-        for index in 0..d.tokens {
-            text.push_str(render::token(&mut words, index, d.tokens, d.finish));
-        }
-        let body = render::full(&Full {
-            kind: d.kind,
-            id: d.id,
-            created: d.created,
-            model_json: &self.model_json,
-            text: &text,
-            finish: d.finish,
-            fingerprint: &self.fingerprint,
-            prompt_tokens: d.plan.prompt_tokens,
-            completion_tokens: d.tokens,
-        });
-        if let Some(Fault::Close { .. }) = fault {
-            // Headers and half of the body, then the connection breaks.
-            tracker.finish(Reason::Error);
-            let mut head = Bytes::from(body);
-            head.truncate(head.len() / 2);
-            let body = SimBody::Broken {
-                head: Some(head),
-                yielded: false,
-            };
-            return respond(StatusCode::OK, Some(JSON), body);
-        }
-        tracker.finish(match d.finish {
-            Finish::Stop => Reason::Stop,
-            Finish::Length => Reason::Length,
-        });
-        respond(StatusCode::OK, Some(JSON), SimBody::full(body))
     }
 
     async fn embeddings(self: Arc<Self>, req: Request<Incoming>) -> Response<SimBody> {
@@ -374,31 +230,4 @@ impl Sim {
         );
         respond(StatusCode::OK, Some(JSON), SimBody::full(body))
     }
-}
-
-/// How many tokens a generation produces and why it stops: `max_tokens` with `ignore_eos`,
-/// a length drawn from the seed otherwise.
-fn output_length(plan: &Plan, seed: u64) -> (u32, Finish) {
-    let max = plan.max_tokens.max(1);
-    if plan.ignore_eos {
-        return (max, Finish::Length);
-    }
-    let n = 1 + (render::mix(seed, 2) % u64::from(max)) as u32;
-    let finish = if n < max {
-        Finish::Stop
-    } else {
-        Finish::Length
-    };
-    (n, finish)
-}
-
-/// What a non-streamed generation answers.
-struct Done<'a> {
-    kind: Kind,
-    plan: &'a Plan,
-    id: &'a str,
-    created: u64,
-    seed: u64,
-    tokens: u32,
-    finish: Finish,
 }

@@ -1,8 +1,11 @@
 //! `weir sim`: a fast fake vLLM 0.32 OpenAI-compatible server for tests, demos and benchmarks.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
-//! `GET /v1/models`, `GET /health`, `GET /metrics`. Responses copy vLLM 0.32's framing,
-//! JSON key order, null fields, content types and error bodies.
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` (OpenAI
+//! Responses API), `POST /v1/messages` (Anthropic Messages API), `POST /v1/embeddings`, the
+//! pooling APIs `POST /pooling`, `/classify`, `/score`, `/v1/score`, `/rerank`, `/v1/rerank`,
+//! `/v2/rerank`, and `GET /v1/models`, `GET /health`, `GET /metrics`. Responses copy vLLM 0.32's
+//! framing, JSON key order, null fields, content types and error bodies (Anthropic-shaped on
+//! `/v1/messages`).
 //!
 //! Behaviour worth knowing:
 //! - Only `n = 1` is supported; `n > 1` is answered with a 400 `BadRequestError` (param `n`).
@@ -13,6 +16,25 @@
 //! - Output length: `ignore_eos: true` gives exactly `max_tokens` tokens (`"length"`); otherwise a
 //!   length in `1..=max_tokens` drawn from the request seed, ending with an EOS token (empty text,
 //!   `"stop"`) when shorter than `max_tokens`.
+//! - Responses and Messages take `max_output_tokens` / `max_tokens` as chat takes `max_tokens`
+//!   (Responses caps it to the context instead of refusing it, as vLLM does; without it at
+//!   most 64 tokens) and honour `ignore_eos` too (not a field of those APIs: a simulator
+//!   extension, so that a benchmark gets exact lengths). Their streams end with
+//!   `response.completed` / `message_stop`, never `[DONE]`.
+//! - Prefix cache: prompts are cut into blocks of 16 tokens (4 bytes of message text a
+//!   token) and a request reuses the leading blocks an earlier one left (at most
+//!   `--prefix-cache-blocks` block hashes are kept, least recently used dropped first). The
+//!   cached tokens are `input_tokens_details.cached_tokens` on Responses,
+//!   `cache_read_input_tokens` on Messages, and, with `--enable-prompt-tokens-details` (as
+//!   vLLM's flag), `prompt_tokens_details.cached_tokens` on chat and completions.
+//! - `x-sim-reasoning: N`: the first N output tokens are reasoning (chat `delta.reasoning`,
+//!   vLLM 0.32's field; Responses `response.reasoning_text.delta`; Messages `thinking_delta`),
+//!   counted in `completion_tokens_details.reasoning_tokens` (chat) and
+//!   `output_tokens_details.reasoning_tokens` (Responses). `x-sim-tool-call: 1`: the rest of
+//!   the output is a call of the request's first tool (`sim_tool` without one), its
+//!   arguments `{"input": "<words>"}` streamed a token at a time (chat `tool_calls` deltas,
+//!   finish reason `tool_calls`; Responses `response.function_call_arguments.delta`; Messages
+//!   `input_json_delta`, stop reason `tool_use`). Completions ignore both.
 //! - The seed is a hash of the `x-request-id` header (random without one): it fixes the response
 //!   id, the text and the length, so equal requests with equal ids get identical bytes when
 //!   `fixed_created` is set.
@@ -30,16 +52,27 @@
 //!   `huge-json=MiB`) take no generation slot and make no token metrics: each counts as running
 //!   while it is sent, then as `"abort"` (the client left) or `"length"` (a huge body sent
 //!   whole). A flood sends one shared buffer over and over, allocating nothing per event.
+//!   They are simulated on chat and completions only (a 400 elsewhere).
+//! - Pooling requests (embeddings aside, whose metrics are as before) count their prompt
+//!   tokens and a `finished_reason="stop"` success; generations of every API count as chat's.
 
+mod cache;
 mod clock;
 mod flood;
+mod frames;
+mod generate;
 mod handlers;
+mod messages;
 mod metrics;
+mod output;
+mod pooling;
 mod pydantic;
 mod render;
 mod reply;
 mod request;
+mod responses;
 mod stream;
+mod usage;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -94,6 +127,13 @@ pub struct SimConfig {
     /// get vLLM's 401 `{"error":"Unauthorized"}`.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// As `vllm serve --enable-prompt-tokens-details`: chat and completions usage carries
+    /// `prompt_tokens_details` (`cached_tokens` from the prefix cache).
+    #[arg(long)]
+    pub enable_prompt_tokens_details: bool,
+    /// Blocks of 16 prompt tokens the prefix cache remembers (0: no prefix caching).
+    #[arg(long, default_value_t = 16_384)]
+    pub prefix_cache_blocks: usize,
 }
 
 impl Default for SimConfig {
@@ -111,6 +151,8 @@ impl Default for SimConfig {
             fault: None,
             fixed_created: None,
             api_key: None,
+            enable_prompt_tokens_details: false,
+            prefix_cache_blocks: 16_384,
         }
     }
 }

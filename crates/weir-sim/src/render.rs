@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::output::{Collected, Piece, Tool};
 use super::request::Kind;
+pub(crate) use super::usage::{Details, UsageAt, write_usage};
 
 /// Output vocabulary: one token per entry, none of which needs JSON escaping.
 const VOCAB: [&str; 64] = [
@@ -33,7 +35,7 @@ pub(crate) enum Finish {
 }
 
 impl Finish {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Finish::Stop => "stop",
             Finish::Length => "length",
@@ -82,6 +84,8 @@ pub(crate) struct Chunks {
     prefix: String,
     prompt_tokens: u32,
     continuous_usage: bool,
+    details: Details,
+    tool: Option<Tool>,
 }
 
 impl Chunks {
@@ -105,7 +109,20 @@ impl Chunks {
             prefix,
             prompt_tokens,
             continuous_usage,
+            details: Details::default(),
+            tool: None,
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Usage details and the function call (chat only) of this stream.
+    pub fn with(mut self, details: Details, tool: Option<Tool>) -> Self {
+        self.details = details;
+        self.tool = tool.filter(|_| self.kind == Kind::Chat);
+        self
     }
 
     fn start(&self, extra: usize) -> BytesMut {
@@ -114,18 +131,14 @@ impl Chunks {
         buf
     }
 
-    fn usage(&self, buf: &mut BytesMut, completion_tokens: u32, details: bool) {
-        let total = u64::from(self.prompt_tokens) + u64::from(completion_tokens);
-        let _ = write!(
-            Writer(buf),
-            r#""usage":{{"prompt_tokens":{},"total_tokens":{total},"completion_tokens":{completion_tokens}"#,
-            self.prompt_tokens
+    fn usage(&self, buf: &mut BytesMut, completion_tokens: u32, at: UsageAt) {
+        write_usage(
+            &mut Writer(buf),
+            self.prompt_tokens,
+            completion_tokens,
+            self.details,
+            at,
         );
-        buf.put_slice(if details {
-            br#","completion_tokens_details":null}"#
-        } else {
-            b"}"
-        });
     }
 
     /// The first chat chunk: the assistant role with empty content.
@@ -136,32 +149,75 @@ impl Chunks {
         );
         if self.continuous_usage {
             buf.put_u8(b',');
-            self.usage(&mut buf, 0, true);
+            self.usage(&mut buf, 0, UsageAt::Continuous);
         }
         buf.put_slice(b",\"prompt_token_ids\":null,\"prompt_text\":null}\n\n");
         buf.freeze()
     }
 
+    /// A chat delta: content, reasoning or a piece of the function call's arguments.
+    fn delta(&self, buf: &mut BytesMut, piece: Piece) {
+        match (piece, &self.tool) {
+            (Piece::Reasoning(w), _) => {
+                buf.put_slice(br#"{"reasoning":""#);
+                buf.put_slice(w.as_bytes());
+                buf.put_slice(br#""}"#);
+            }
+            (Piece::Args { first: true, .. }, Some(tool)) => {
+                let _ = write!(
+                    Writer(buf),
+                    r#"{{"tool_calls":[{{"id":"chatcmpl-tool-{}","type":"function","index":0,"function":{{"name":{},"arguments":""#,
+                    tool.id,
+                    tool.name_json
+                );
+                buf.put_slice(piece.json().as_bytes());
+                buf.put_slice(br#""}}]}"#);
+            }
+            (Piece::Args { .. }, _) => {
+                buf.put_slice(br#"{"tool_calls":[{"index":0,"function":{"arguments":""#);
+                buf.put_slice(piece.json().as_bytes());
+                buf.put_slice(br#""}}]}"#);
+            }
+            (Piece::Text(w), _) => {
+                buf.put_slice(br#"{"content":""#);
+                buf.put_slice(w.as_bytes());
+                buf.put_slice(br#""}"#);
+            }
+        }
+    }
+
+    fn finish_reason(&self, finish: Finish) -> &'static str {
+        if self.tool.is_some() {
+            "tool_calls"
+        } else {
+            finish.as_str()
+        }
+    }
+
     /// A content chunk; `finish` on the last token; `fingerprint` when no usage chunk follows.
     pub fn token(
         &self,
-        text: &str,
+        piece: Piece,
         completion_tokens: u32,
         finish: Option<Finish>,
         fingerprint: Option<&str>,
     ) -> Bytes {
-        let mut buf = self.start(text.len());
+        let mut buf = self.start(32);
         let finish_field = |buf: &mut BytesMut| match finish {
             None => buf.put_slice(br#""finish_reason":null"#),
             Some(f) => {
-                let _ = write!(Writer(buf), r#""finish_reason":"{}""#, f.as_str());
+                let _ = write!(
+                    Writer(buf),
+                    r#""finish_reason":"{}""#,
+                    self.finish_reason(f)
+                );
             }
         };
         match self.kind {
             Kind::Chat => {
-                buf.put_slice(br#"{"index":0,"delta":{"content":""#);
-                buf.put_slice(text.as_bytes());
-                buf.put_slice(br#""},"logprobs":null,"#);
+                buf.put_slice(br#"{"index":0,"delta":"#);
+                self.delta(&mut buf, piece);
+                buf.put_slice(br#","logprobs":null,"#);
                 finish_field(&mut buf);
                 if finish.is_some() {
                     buf.put_slice(br#","stop_reason":null"#);
@@ -170,7 +226,7 @@ impl Chunks {
             }
             Kind::Completion => {
                 buf.put_slice(br#"{"index":0,"text":""#);
-                buf.put_slice(text.as_bytes());
+                buf.put_slice(piece.json().as_bytes());
                 buf.put_slice(br#"","logprobs":null,"#);
                 finish_field(&mut buf);
                 buf.put_slice(br#","stop_reason":null,"prompt_token_ids":null,"token_ids":null}]"#);
@@ -178,7 +234,7 @@ impl Chunks {
         }
         if self.continuous_usage {
             buf.put_u8(b',');
-            self.usage(&mut buf, completion_tokens, true);
+            self.usage(&mut buf, completion_tokens, UsageAt::Continuous);
         }
         if let Some(fp) = fingerprint {
             let _ = write!(Writer(&mut buf), r#","system_fingerprint":"{fp}""#);
@@ -191,7 +247,7 @@ impl Chunks {
     pub fn usage_chunk(&self, completion_tokens: u32, fingerprint: &str) -> Bytes {
         let mut buf = self.start(0);
         buf.put_slice(b"],");
-        self.usage(&mut buf, completion_tokens, false);
+        self.usage(&mut buf, completion_tokens, UsageAt::Final);
         let _ = write!(
             Writer(&mut buf),
             r#","system_fingerprint":"{fingerprint}"}}"#
@@ -217,35 +273,70 @@ pub(crate) struct Full<'a> {
     pub id: &'a str,
     pub created: u64,
     pub model_json: &'a str,
-    pub text: &'a str,
+    pub out: &'a Collected,
+    pub tool: Option<&'a Tool>,
     pub finish: Finish,
     pub fingerprint: &'a str,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    pub details: Details,
+}
+
+/// A JSON string literal of `s` (which needs no escaping), or `null` when empty.
+fn string_or_null(s: &str) -> String {
+    if s.is_empty() {
+        "null".to_owned()
+    } else {
+        format!("\"{s}\"")
+    }
 }
 
 /// A non-streamed chat or completions body, as vLLM 0.32 shapes it.
 pub(crate) fn full(f: &Full<'_>) -> String {
-    let total = u64::from(f.prompt_tokens) + u64::from(f.completion_tokens);
-    let usage = format!(
-        r#""usage":{{"prompt_tokens":{},"total_tokens":{total},"completion_tokens":{},"prompt_tokens_details":null,"completion_tokens_details":null}}"#,
-        f.prompt_tokens, f.completion_tokens
+    let mut usage = String::with_capacity(200);
+    write_usage(
+        &mut usage,
+        f.prompt_tokens,
+        f.completion_tokens,
+        f.details,
+        UsageAt::Body,
     );
-    let (id, created, model, text, finish, fp) = (
+    let (id, created, model, text, fp) = (
         f.id,
         f.created,
         f.model_json,
-        f.text,
-        f.finish.as_str(),
+        f.out.text.as_str(),
         f.fingerprint,
     );
     match f.kind {
-        Kind::Chat => format!(
-            r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null,"annotations":null,"audio":null,"function_call":null,"reasoning":null}},"logprobs":null,"finish_reason":"{finish}","stop_reason":null,"token_ids":null,"routed_experts":null}}],"service_tier":null,"system_fingerprint":"{fp}",{usage},"prompt_logprobs":null,"prompt_token_ids":null,"prompt_text":null,"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}}"#
-        ),
-        Kind::Completion => format!(
-            r#"{{"id":"{id}","object":"text_completion","created":{created},"model":{model},"choices":[{{"index":0,"text":"{text}","logprobs":null,"finish_reason":"{finish}","stop_reason":null,"token_ids":null,"prompt_logprobs":null,"prompt_token_ids":null,"routed_experts":null}}],"service_tier":null,"system_fingerprint":"{fp}",{usage},"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}}"#
-        ),
+        Kind::Chat => {
+            let tool = f.tool.filter(|_| f.out.called);
+            let (content, calls, finish) = match tool {
+                // A reasoning-only answer has no content; a plain one always has some.
+                None if !f.out.reasoning.is_empty() => {
+                    (string_or_null(text), String::new(), f.finish.as_str())
+                }
+                None => (format!("\"{text}\""), String::new(), f.finish.as_str()),
+                Some(t) => (
+                    string_or_null(text),
+                    format!(
+                        r#","tool_calls":[{{"id":"chatcmpl-tool-{}","type":"function","function":{{"name":{},"arguments":"{}"}}}}]"#,
+                        t.id, t.name_json, f.out.args
+                    ),
+                    "tool_calls",
+                ),
+            };
+            let reasoning = string_or_null(&f.out.reasoning);
+            format!(
+                r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":{content},"refusal":null,"annotations":null,"audio":null,"function_call":null{calls},"reasoning":{reasoning}}},"logprobs":null,"finish_reason":"{finish}","stop_reason":null,"token_ids":null,"routed_experts":null}}],"service_tier":null,"system_fingerprint":"{fp}",{usage},"prompt_logprobs":null,"prompt_token_ids":null,"prompt_text":null,"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}}"#
+            )
+        }
+        Kind::Completion => {
+            let finish = f.finish.as_str();
+            format!(
+                r#"{{"id":"{id}","object":"text_completion","created":{created},"model":{model},"choices":[{{"index":0,"text":"{text}","logprobs":null,"finish_reason":"{finish}","stop_reason":null,"token_ids":null,"prompt_logprobs":null,"prompt_token_ids":null,"routed_experts":null}}],"service_tier":null,"system_fingerprint":"{fp}",{usage},"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}}"#
+            )
+        }
     }
 }
 

@@ -46,8 +46,8 @@ pub(crate) fn detail(status: StatusCode) -> Response<SimBody> {
     respond(status, Some(JSON), SimBody::full(body))
 }
 
-/// An OpenAI-shaped error for an injected failure with this status.
-pub(crate) fn injected(code: u16, message: &str) -> Response<SimBody> {
+/// The OpenAI-shaped error of an injected failure with this status.
+pub(crate) fn injected_error(code: u16, message: &str) -> ApiError {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut kind: String = status
         .canonical_reason()
@@ -57,7 +57,7 @@ pub(crate) fn injected(code: u16, message: &str) -> Response<SimBody> {
     if !kind.ends_with("Error") {
         kind.push_str("Error");
     }
-    error(ApiError::openai(status, &kind, message, None))
+    ApiError::openai(status, &kind, message, None)
 }
 
 pub(crate) fn header_ms(headers: &HeaderMap, name: &str) -> Result<Option<Duration>, ApiError> {

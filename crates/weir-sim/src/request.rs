@@ -3,15 +3,47 @@
 use http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::cache::push_message;
+use super::output::first_tool_name;
 use super::pydantic::{
     ApiError, PyError, bool_field, check_model_type, int_field, parse_object, validation,
 };
 
-/// Which generation endpoint a request came to.
+/// Which OpenAI chunk format a stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Chat,
     Completion,
+}
+
+/// Which generation endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Completion,
+    Responses,
+    Messages,
+}
+
+impl Api {
+    /// The OpenAI chunk format, for the two APIs that stream chunks.
+    pub fn kind(self) -> Option<Kind> {
+        match self {
+            Api::Chat => Some(Kind::Chat),
+            Api::Completion => Some(Kind::Completion),
+            Api::Responses | Api::Messages => None,
+        }
+    }
+}
+
+/// Request fields a Responses answer repeats, as JSON.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Echo {
+    pub max_output_tokens: Option<i64>,
+    /// `instructions` as a JSON string literal.
+    pub instructions: Option<String>,
+    /// `tools` as given (compact JSON).
+    pub tools: Option<String>,
 }
 
 /// A validated generation request.
@@ -24,30 +56,59 @@ pub(crate) struct Plan {
     /// Output budget after capping to the context left.
     pub max_tokens: u32,
     pub ignore_eos: bool,
+    /// The canonical prompt the prefix cache looks up.
+    pub prompt_key: Vec<u8>,
+    /// The first tool the request offers (the function a simulated tool call calls).
+    pub tool_name: Option<String>,
+    pub echo: Echo,
 }
 
-fn tokens_of_text(len: usize) -> u64 {
+pub(crate) fn tokens_of_text(len: usize) -> u64 {
     (len as u64).div_ceil(4)
 }
 
-/// Prompt tokens of a chat request: a chat-template overhead plus bytes/4 per message.
-fn chat_prompt_tokens(messages: &[Value]) -> u64 {
-    let content_len = |m: &Value| match m.get("content") {
-        Some(Value::String(s)) => s.len(),
+/// A message's text: its `content` string, or the `text` of its content parts.
+pub(crate) fn content_text(content: Option<&Value>) -> std::borrow::Cow<'_, str> {
+    match content {
+        Some(Value::String(s)) => s.as_str().into(),
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .map(str::len)
-            .sum(),
-        _ => 0,
-    };
+            .collect::<String>()
+            .into(),
+        _ => "".into(),
+    }
+}
+
+/// Prompt tokens of chat-like messages (a chat-template overhead plus bytes/4 per message);
+/// appends their canonical text to `key`.
+pub(crate) fn chat_prompt(messages: &[Value], key: &mut Vec<u8>) -> u64 {
     messages.iter().fold(2u64, |acc, m| {
-        acc.saturating_add(4 + tokens_of_text(content_len(m)))
+        let text = content_text(m.get("content"));
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        push_message(key, role, &text);
+        acc.saturating_add(4 + tokens_of_text(text.len()))
     })
 }
 
 /// Prompt tokens of a completions prompt; `Err` for a missing, empty, batched or mistyped one.
-fn completion_prompt_tokens(prompt: Option<&Value>) -> Result<u64, ApiError> {
+fn completion_prompt_tokens(prompt: Option<&Value>, key: &mut Vec<u8>) -> Result<u64, ApiError> {
+    let text = match prompt {
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(Value::Array(items)) => match items.as_slice() {
+            [Value::String(s)] => Some(s.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match text {
+        Some(text) => push_message(key, "prompt", text),
+        None => push_message(
+            key,
+            "prompt",
+            &prompt.map(Value::to_string).unwrap_or_default(),
+        ),
+    }
     let missing = || {
         ApiError::bad_request(
             "Either prompt or prompt_embeds must be provided and non-empty.",
@@ -104,27 +165,7 @@ pub(crate) fn parse(
     let body = parse_object(raw)?;
     let mut errors = Vec::new();
     let messages = if kind == Kind::Chat {
-        match body.get("messages") {
-            None => {
-                errors.push(PyError::new(
-                    "missing",
-                    "body.messages",
-                    "Field required",
-                    &Value::Object(body.clone()),
-                ));
-                None
-            }
-            Some(Value::Array(m)) => Some(m.as_slice()),
-            Some(other) => {
-                errors.push(PyError::new(
-                    "list_type",
-                    "body.messages",
-                    "Input should be a valid list",
-                    other,
-                ));
-                None
-            }
-        }
+        messages_field(&body, &mut errors)
     } else {
         None
     };
@@ -156,17 +197,79 @@ pub(crate) fn parse(
         _ => {}
     }
     let max_tokens = max_completion_tokens.or(max_tokens);
-    if let Some(m) = max_tokens
-        && m < 1
-    {
-        let message =
-            format!("max_tokens must be at least 1, got {m}. (parameter=max_tokens, value={m})");
-        return Err(ApiError::bad_request(&message, "max_tokens"));
-    }
+    check_min_tokens(max_tokens)?;
+    let mut prompt_key = Vec::new();
     let prompt_tokens = match kind {
-        Kind::Chat => chat_prompt_tokens(messages.unwrap_or_default()),
-        Kind::Completion => completion_prompt_tokens(body.get("prompt"))?,
+        Kind::Chat => chat_prompt(messages.unwrap_or_default(), &mut prompt_key),
+        Kind::Completion => completion_prompt_tokens(body.get("prompt"), &mut prompt_key)?,
     };
+    let default = match kind {
+        Kind::Chat => 64,
+        Kind::Completion => 16,
+    };
+    let (prompt_tokens, max_tokens) =
+        budget(prompt_tokens, max_tokens, max_model_len, default, false)?;
+    Ok(Plan {
+        stream,
+        include_usage: stream && include_usage,
+        continuous_usage: stream && include_usage && continuous_usage,
+        prompt_tokens,
+        max_tokens,
+        ignore_eos,
+        prompt_key,
+        tool_name: first_tool_name(body.get("tools")),
+        echo: Echo::default(),
+    })
+}
+
+/// The required `messages` list; records the error of a missing or mistyped one.
+pub(crate) fn messages_field<'a>(
+    body: &'a Map<String, Value>,
+    errors: &mut Vec<PyError>,
+) -> Option<&'a [Value]> {
+    match body.get("messages") {
+        None => {
+            let whole = Value::Object(body.clone());
+            errors.push(PyError::new(
+                "missing",
+                "body.messages",
+                "Field required",
+                &whole,
+            ));
+            None
+        }
+        Some(Value::Array(m)) => Some(m.as_slice()),
+        Some(other) => {
+            let msg = "Input should be a valid list";
+            errors.push(PyError::new("list_type", "body.messages", msg, other));
+            None
+        }
+    }
+}
+
+/// vLLM's 400 for `max_tokens` below 1.
+pub(crate) fn check_min_tokens(max_tokens: Option<i64>) -> Result<(), ApiError> {
+    match max_tokens {
+        Some(m) if m < 1 => {
+            let message = format!(
+                "max_tokens must be at least 1, got {m}. (parameter=max_tokens, value={m})"
+            );
+            Err(ApiError::bad_request(&message, "max_tokens"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The prompt's and the output's token budgets in the context (vLLM's 400s for a prompt
+/// that fills it and, unless `cap`, for a `max_tokens` above it); the output is capped to
+/// the room the prompt leaves, `default` when not asked.
+pub(crate) fn budget(
+    prompt_tokens: u64,
+    max_tokens: Option<i64>,
+    max_model_len: u32,
+    default: u32,
+    cap: bool,
+) -> Result<(u32, u32), ApiError> {
     let limit = u64::from(max_model_len);
     if prompt_tokens >= limit {
         let message = format!(
@@ -179,6 +282,7 @@ pub(crate) fn parse(
     }
     if let Some(m) = max_tokens
         && m > i64::from(max_model_len)
+        && !cap
     {
         let message = format!(
             "max_tokens={m} cannot be greater than max_model_len={max_model_len}. Please request \
@@ -186,22 +290,11 @@ pub(crate) fn parse(
         );
         return Err(ApiError::bad_request(&message, "max_tokens"));
     }
-    // Both fit in u32 now: prompt_tokens < max_model_len and 1 <= max_tokens <= max_model_len.
+    // prompt_tokens < max_model_len fits in u32.
     let prompt_tokens = prompt_tokens as u32;
     let room = max_model_len - prompt_tokens;
-    let default = match kind {
-        Kind::Chat => 64,
-        Kind::Completion => 16,
-    };
-    let max_tokens = max_tokens.map_or(default, |m| m as u32).min(room);
-    Ok(Plan {
-        stream,
-        include_usage: stream && include_usage,
-        continuous_usage: stream && include_usage && continuous_usage,
-        prompt_tokens,
-        max_tokens,
-        ignore_eos,
-    })
+    let max_tokens = max_tokens.map_or(default, |m| m.clamp(1, i64::from(u32::MAX)) as u32);
+    Ok((prompt_tokens, max_tokens.min(room)))
 }
 
 fn stream_options(body: &Map<String, Value>, errors: &mut Vec<PyError>) -> (bool, bool) {
@@ -229,9 +322,18 @@ pub(crate) fn parse_embeddings(
     model: &str,
     max_model_len: u32,
 ) -> Result<(u32, usize), ApiError> {
-    let body = parse_object(raw)?;
+    parse_inputs(&parse_object(raw)?, model, max_model_len)
+}
+
+/// Validates the `input` of a pooling request (embeddings, pooling, classify); returns its
+/// prompt token count and number of inputs.
+pub(crate) fn parse_inputs(
+    body: &Map<String, Value>,
+    model: &str,
+    max_model_len: u32,
+) -> Result<(u32, usize), ApiError> {
     let mut errors = Vec::new();
-    let requested = check_model_type(&body, &mut errors);
+    let requested = check_model_type(body, &mut errors);
     let inputs: Vec<u64> = match body.get("input") {
         None => {
             errors.push(PyError::new(
@@ -282,7 +384,7 @@ pub(crate) fn parse_embeddings(
 }
 
 /// vLLM's 404 for a model it does not serve.
-fn check_model(requested: Option<&str>, model: &str) -> Result<(), ApiError> {
+pub(crate) fn check_model(requested: Option<&str>, model: &str) -> Result<(), ApiError> {
     match requested {
         Some(requested) if requested != model => {
             let message =

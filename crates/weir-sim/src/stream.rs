@@ -15,8 +15,10 @@ use tokio::time::{Instant, Sleep};
 use super::Fault;
 use super::clock;
 use super::flood::Flood;
+use super::frames::Frames;
 use super::metrics::{Reason, Tracker};
-use super::render::{self, Chunks, Finish};
+use super::output::Shape;
+use super::render::{self, Finish};
 
 /// Delays of one request.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +59,8 @@ enum Phase {
 
 /// What a streamed generation produces.
 pub(crate) struct Generation {
-    pub chunks: Chunks,
+    pub frames: Frames,
+    pub shape: Shape,
     pub tokens: u32,
     pub finish: Finish,
     pub include_usage: bool,
@@ -65,7 +68,6 @@ pub(crate) struct Generation {
     pub timing: Timing,
     pub prompt_tokens: u32,
     pub seed: u64,
-    pub chat: bool,
 }
 
 /// A streamed generation: an `http_body::Body` that produces one SSE event per poll, sleeping
@@ -119,11 +121,7 @@ impl Stream {
             t.ttft
                 .saturating_add(jitter(&mut self.jitter, t.ttft_jitter)),
         );
-        self.phase = if self.job.chat {
-            Phase::Role
-        } else {
-            Phase::Tokens
-        };
+        self.phase = Phase::Role;
     }
 
     /// The current time if the deadline has passed; registers the timer otherwise (the
@@ -162,7 +160,8 @@ impl Stream {
 
     fn next_token(&mut self, now: Instant) -> Bytes {
         let index = self.sent;
-        let text = render::token(&mut self.words, index, self.job.tokens, self.job.finish);
+        let word = render::token(&mut self.words, index, self.job.tokens, self.job.finish);
+        let piece = self.job.shape.piece(index, self.job.tokens, word);
         self.sent += 1;
         self.tracker.token(now);
         let last = self.sent == self.job.tokens;
@@ -172,7 +171,39 @@ impl Stream {
         let t = &self.job.timing;
         let gap = t.itl.saturating_add(jitter(&mut self.jitter, t.itl_jitter));
         self.deadline = later(self.deadline, gap);
-        self.job.chunks.token(text, self.sent, finish, fingerprint)
+        self.job.frames.token(piece, self.sent, finish, fingerprint)
+    }
+
+    /// Applies a mid-stream fault: what the poll answers, or `None` to go on (a stall).
+    fn apply(&mut self, fault: Fault, cx: &mut Context<'_>) -> Option<Polled> {
+        match fault {
+            Fault::ErrorEvent { .. } => {
+                self.tracker.finish(Reason::Error);
+                self.phase = Phase::Done;
+                Some(data(self.job.frames.error_event()))
+            }
+            Fault::Close { .. } => {
+                self.tracker.finish(Reason::Error);
+                self.phase = Phase::Closing;
+                cx.waker().wake_by_ref();
+                Some(Poll::Pending)
+            }
+            _ => {
+                let notified = self.tracker.sim().shutdown.clone().notified_owned();
+                self.phase = Phase::Stalled(Box::pin(notified));
+                None
+            }
+        }
+    }
+
+    /// The end of a generation that ran its course: what the API ends it with, if anything.
+    fn ended(&mut self) -> Option<Bytes> {
+        let reason = self.reason();
+        self.tracker.finish(reason);
+        self.phase = Phase::Done;
+        let fp = &self.tracker.sim().fingerprint;
+        let (sent, finish, usage) = (self.sent, self.job.finish, self.job.include_usage);
+        self.job.frames.finish(sent, finish, usage, fp)
     }
 
     fn reason(&self) -> Reason {
@@ -187,7 +218,9 @@ fn close_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "sim: close fault")
 }
 
-fn data(bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+type Polled = Poll<Option<Result<Frame<Bytes>, io::Error>>>;
+
+fn data(bytes: Bytes) -> Polled {
     Poll::Ready(Some(Ok(Frame::data(bytes))))
 }
 
@@ -217,45 +250,33 @@ impl Body for Stream {
                 },
                 Phase::Role => {
                     this.phase = Phase::Tokens;
-                    return data(this.job.chunks.role());
+                    if let Some(start) = this.job.frames.start() {
+                        return data(start);
+                    }
                 }
                 Phase::Tokens => {
                     if let Some(fault) = this.fault_due() {
                         this.job.fault = None;
-                        match fault {
-                            Fault::ErrorEvent { .. } => {
-                                this.tracker.finish(Reason::Error);
-                                this.phase = Phase::Done;
-                                return data(Bytes::from_static(render::ERROR_EVENT));
-                            }
-                            Fault::Close { .. } => {
-                                this.tracker.finish(Reason::Error);
-                                this.phase = Phase::Closing;
-                                cx.waker().wake_by_ref();
-                                return Poll::Pending;
-                            }
-                            _ => {
-                                let sim = this.tracker.sim();
-                                this.phase =
-                                    Phase::Stalled(Box::pin(sim.shutdown.clone().notified_owned()));
-                                continue;
-                            }
+                        match this.apply(fault, cx) {
+                            Some(polled) => return polled,
+                            None => continue,
                         }
                     }
                     if this.sent >= this.job.tokens {
-                        let reason = this.reason();
-                        this.tracker.finish(reason);
-                        this.phase = Phase::Done;
-                        if this.job.include_usage {
-                            let fp = &this.tracker.sim().fingerprint;
-                            return data(this.job.chunks.usage_chunk(this.sent, fp));
+                        match this.ended() {
+                            Some(end) => return data(end),
+                            None => continue,
                         }
-                        continue;
                     }
                     let Some(now) = this.due(cx) else {
                         return Poll::Pending;
                     };
-                    return data(this.next_token(now));
+                    let bytes = this.next_token(now);
+                    if bytes.is_empty() {
+                        // A token the API sends nothing for (a Messages EOS).
+                        continue;
+                    }
+                    return data(bytes);
                 }
                 Phase::Stalled(notified) => {
                     notified.as_mut().enable();
@@ -275,7 +296,9 @@ impl Body for Stream {
                 }
                 Phase::Done => {
                     this.phase = Phase::End;
-                    return data(Bytes::from_static(render::DONE));
+                    if let Some(done) = this.job.frames.done() {
+                        return data(done);
+                    }
                 }
                 Phase::End => return Poll::Ready(None),
             }
