@@ -115,6 +115,17 @@ impl Api {
         )
     }
 
+    /// How its answers are read: the streams and bodies of chat and completions, Responses
+    /// or Messages (a pooling answer's usage reads as chat's).
+    pub fn sse(self) -> weir_sse::Api {
+        match self {
+            Api::Completions => weir_sse::Api::Completions,
+            Api::Responses => weir_sse::Api::Responses,
+            Api::Messages => weir_sse::Api::Messages,
+            _ => weir_sse::Api::Chat,
+        }
+    }
+
     /// Its JSON request body is read (model, stream, max tokens) and its answer measured.
     pub fn is_measured(self) -> bool {
         self != Api::Other

@@ -73,6 +73,8 @@ type SeriesKey = (Arc<str>, Operation, Arc<str>);
 /// request so that per-token observations are a plain atomic update.
 pub struct Series {
     pub ttft: Histogram,
+    /// Time to the first answer (not reasoning) token.
+    pub ttfat: Histogram,
     pub tpot: Histogram,
     pub itl: Histogram,
     pub upstream_ttft: Histogram,
@@ -81,6 +83,10 @@ pub struct Series {
     pub output_tokens: Histogram,
     pub input_tokens_total: IntCounter,
     pub output_tokens_total: IntCounter,
+    /// Input tokens served from the prefix cache (a subset of input).
+    pub cache_read_tokens_total: IntCounter,
+    /// Output tokens spent reasoning (a subset of output).
+    pub reasoning_tokens_total: IntCounter,
     labels: [String; 3],
     duration: HistogramVec,
     requests: IntCounterVec,
@@ -192,6 +198,7 @@ impl Metrics {
         let t = |x: &'static str| [model_label, op.as_str(), backend, x];
         let s = Arc::new(Series {
             ttft: i.ttft.with_label_values(&l),
+            ttfat: i.ttfat.with_label_values(&l),
             tpot: i.tpot.with_label_values(&l),
             itl: i.itl.with_label_values(&l),
             upstream_ttft: i.upstream_ttft.with_label_values(&l),
@@ -200,6 +207,8 @@ impl Metrics {
             output_tokens: i.token_usage.with_label_values(&t("output")),
             input_tokens_total: i.tokens.with_label_values(&t("input")),
             output_tokens_total: i.tokens.with_label_values(&t("output")),
+            cache_read_tokens_total: i.tokens.with_label_values(&t("cache_read")),
+            reasoning_tokens_total: i.tokens.with_label_values(&t("reasoning")),
             labels: l.map(str::to_string),
             duration: i.duration.clone(),
             requests: i.requests.clone(),

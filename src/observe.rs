@@ -96,6 +96,9 @@ pub trait Recorder: Send + 'static {
 #[derive(Debug, Default)]
 pub struct Measurement {
     pub first_token: Option<Instant>,
+    /// The first content-bearing event that is not reasoning: what a person reading the
+    /// answer waits for.
+    pub first_answer: Option<Instant>,
     pub last_token: Option<Instant>,
     pub content_events: u64,
     /// Inter-token gaps: median and maximum for the log and the span.
@@ -118,10 +121,9 @@ impl Measurement {
     /// Takes in one event seen at `now`; returns the gap since the previous content-bearing
     /// event, if this is one and not the first.
     pub fn on_event(&mut self, info: &EventInfo<'_>, now: Instant) -> Option<Duration> {
-        if info.done {
-            self.done = true;
-            return None;
-        }
+        // The API's last event (`[DONE]`, `response.completed`, `message_stop`) may carry the
+        // usage: it is taken in like any other.
+        self.done |= info.end || info.done;
         self.invalid_events = self.invalid_events.saturating_add(u32::from(info.invalid));
         self.stream_error |= info.error;
         if let Some(u) = info.usage {
@@ -135,6 +137,9 @@ impl Measurement {
         }
         if !info.content {
             return None;
+        }
+        if info.answer && self.first_answer.is_none() {
+            self.first_answer = Some(now);
         }
         self.content_events += 1;
         let gap = self
@@ -159,11 +164,21 @@ impl Measurement {
         }
     }
 
+    /// Takes in what an event says of the usage, field by field (a Messages stream tells
+    /// the input in its first event and the output in its last).
     fn take_usage(&mut self, u: Usage) {
-        if u.prompt_tokens > MAX_TOKENS || u.completion_tokens > MAX_TOKENS {
+        let absurd = |v: Option<u64>| v.is_some_and(|n| n > MAX_TOKENS);
+        if u.prompt_tokens > MAX_TOKENS
+            || u.completion_tokens > MAX_TOKENS
+            || absurd(u.cached_tokens)
+            || absurd(u.reasoning_tokens)
+        {
             self.degraded = true;
-        } else {
-            self.usage = Some(u);
+            return;
+        }
+        match &mut self.usage {
+            Some(known) => known.merge(&u),
+            None => self.usage = Some(u),
         }
     }
 

@@ -167,7 +167,10 @@ impl Recorder for Exchange {
         self.metrics.slo().record(s.model(), &finished);
         self.log(m, outcome, &figures);
         let summary = crate::trace::Summary {
+            input_tokens: figures.input,
             output_tokens: figures.output,
+            cache_read_tokens: figures.cache_read,
+            reasoning_tokens: figures.reasoning,
             tokens_estimated: figures.estimated,
             itl_p50_ms: figures.itl_p50.map(ms),
             itl_max_ms: figures.itl_max.map(ms),
@@ -185,8 +188,14 @@ impl Recorder for Exchange {
 /// What `finish()` derives from the measurement, so metrics, log and spans say the same.
 struct Figures {
     ttft: Option<Duration>,
+    /// Time to the first answer (not reasoning) token.
+    ttfat: Option<Duration>,
     tpot: Option<Duration>,
+    input: Option<u64>,
     output: Option<u64>,
+    /// Input tokens from the prefix cache, output tokens spent reasoning (when reported).
+    cache_read: Option<u64>,
+    reasoning: Option<u64>,
     estimated: bool,
     itl_p50: Option<Duration>,
     itl_max: Option<Duration>,
@@ -195,13 +204,16 @@ struct Figures {
 
 impl Figures {
     fn of(w: &Watch, m: &Measurement, outcome: Outcome, e2e: Duration) -> Figures {
-        let ttft = m.first_token.map(|t| t.saturating_duration_since(w.t0));
-        let estimated = m.usage.is_none() && w.api.is_generation() && w.stream;
-        let output = match m.usage {
+        let since_t0 = |t: Instant| t.saturating_duration_since(w.t0);
+        let ttft = m.first_token.map(since_t0);
+        let reported = m.usage.filter(|u| u.has_output());
+        let estimated = reported.is_none() && w.api.is_generation() && w.stream;
+        let output = match reported {
             Some(u) => Some(u.completion_tokens),
             None if estimated => Some(m.content_events),
             None => None,
         };
+        let input = m.usage.filter(|u| u.has_input()).map(|u| u.prompt_tokens);
         // Per choice, as vLLM counts it: with `n` choices the tokens come `n` at a time.
         let per_choice = output.map(|out| out as f64 / f64::from(w.n.max(1)));
         let tpot = match (ttft, per_choice) {
@@ -212,8 +224,12 @@ impl Figures {
         };
         Figures {
             ttft,
+            ttfat: m.first_answer.map(since_t0),
             tpot,
+            input,
             output,
+            cache_read: m.usage.and_then(|u| u.cached_tokens),
+            reasoning: m.usage.and_then(|u| u.reasoning_tokens),
             estimated,
             itl_p50: m.gaps.median(),
             itl_max: m.gaps.max(),
@@ -232,14 +248,20 @@ impl Figures {
             s.overhead
                 .observe(secs(ttft.saturating_sub(upstream).saturating_sub(upload)));
         }
-        if let Some(u) = m.usage {
-            s.input_tokens.observe(u.prompt_tokens as f64);
-            s.input_tokens_total.inc_by(u.prompt_tokens);
+        if let Some(t) = self.ttfat {
+            s.ttfat.observe(secs(t));
+        }
+        if let Some(input) = self.input {
+            s.input_tokens.observe(input as f64);
+            s.input_tokens_total.inc_by(input);
         }
         if let Some(out) = self.output.filter(|_| w.api.is_generation()) {
             s.output_tokens.observe(out as f64);
             s.output_tokens_total.inc_by(out);
         }
+        s.cache_read_tokens_total
+            .inc_by(self.cache_read.unwrap_or(0));
+        s.reasoning_tokens_total.inc_by(self.reasoning.unwrap_or(0));
         if let Some(t) = self.tpot {
             s.tpot.observe(secs(t));
         }
@@ -299,12 +321,15 @@ impl Exchange {
                 .as_ref()
                 .map(|a| a.detail.as_deref().unwrap_or(&a.message)),
             ttft_ms: f.ttft.map(ms),
+            ttfat_ms: f.ttfat.map(ms),
             tpot_ms: f.tpot.map(ms),
             itl_p50_ms: f.itl_p50.map(ms),
             itl_max_ms: f.itl_max.map(ms),
             e2e_ms: ms(f.e2e),
-            input_tokens: m.usage.map(|u| u.prompt_tokens),
+            input_tokens: f.input,
             output_tokens: f.output,
+            cache_read_tokens: f.cache_read,
+            reasoning_tokens: f.reasoning,
             tokens_estimated: f.estimated,
             finish_reasons: &finish_reasons,
             degraded: m.degraded,

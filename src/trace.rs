@@ -58,7 +58,10 @@ pub struct Request<'a> {
 /// What the record derived from the measurement, so spans and log say the same.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
+    pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
     pub tokens_estimated: bool,
     pub itl_p50_ms: Option<f64>,
     pub itl_max_ms: Option<f64>,
@@ -236,14 +239,16 @@ fn attributes(ex: &Request<'_>, m: &Measurement, outcome: Outcome, s: &Summary) 
     if let Some(model) = m.response_model.as_deref() {
         common.push(KeyValue::new("gen_ai.response.model", bounded(model)));
     }
-    if let Some(u) = m.usage {
-        common.push(KeyValue::new(
-            "gen_ai.usage.input_tokens",
-            int(u.prompt_tokens),
-        ));
-    }
-    if let Some(out) = s.output_tokens {
-        common.push(KeyValue::new("gen_ai.usage.output_tokens", int(out)));
+    let usage = [
+        ("gen_ai.usage.input_tokens", s.input_tokens),
+        ("gen_ai.usage.output_tokens", s.output_tokens),
+        ("gen_ai.usage.cache_read.input_tokens", s.cache_read_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", s.reasoning_tokens),
+    ];
+    for (key, n) in usage {
+        if let Some(n) = n {
+            common.push(KeyValue::new(key, int(n)));
+        }
     }
     if !m.finish_reasons.is_empty() {
         let reasons: Vec<StringValue> = m

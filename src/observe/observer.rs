@@ -130,8 +130,9 @@ impl<R: Recorder> Observer<R> {
                 let base = parser.offset();
                 let mut actions = Vec::new();
                 let holding = strip.as_ref().is_some_and(|s| s.held.is_some());
+                let api = rec.watch().api.sse();
                 parser.feed(&chunk, |e| {
-                    let info = sse::classify(e.data);
+                    let info = sse::classify_event(api, e.name, e.data);
                     if let Some(gap) = meas.on_event(&info, now) {
                         rec.gap(gap);
                     }
@@ -213,7 +214,8 @@ impl<R: Recorder> Observer<R> {
                 }
             };
             if !body.is_empty() {
-                self.meas.on_body(&sse::classify(&body));
+                let api = self.rec.watch().api.sse();
+                self.meas.on_body(&sse::classify_body(api, &body));
             }
         }
         let Observer { rec, meas, .. } = self;

@@ -50,6 +50,9 @@ pub struct AccessLine<'a> {
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
+    /// Time to the first answer (not reasoning) token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfat_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpot_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +64,10 @@ pub struct AccessLine<'a> {
     pub input_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_read_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
     pub tokens_estimated: bool,
     pub finish_reasons: &'a str,
     pub degraded: bool,
@@ -237,12 +244,15 @@ mod tests {
             reason: None,
             error: None,
             ttft_ms: Some(21.5),
+            ttfat_ms: None,
             tpot_ms: None,
             itl_p50_ms: None,
             itl_max_ms: None,
             e2e_ms: 650.25,
             input_tokens: Some(94),
             output_tokens: Some(32),
+            cache_read_tokens: None,
+            reasoning_tokens: None,
             tokens_estimated: false,
             finish_reasons: "length",
             degraded: false,

@@ -159,15 +159,20 @@ proptest! {
 
 /// A streamed chat's record, as the proxy leaves it for the observer.
 fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeouts) -> Exchange {
+    exchange_for(metrics, Api::ChatCompletions, strip_usage, timeouts)
+}
+
+/// A streamed request's record for `api`, as the proxy leaves it for the observer.
+fn exchange_for(
+    metrics: &Metrics,
+    api: Api,
+    strip_usage: bool,
+    timeouts: weir::config::Timeouts,
+) -> Exchange {
     let backend: Arc<str> = "sim".into();
     let now = tokio::time::Instant::now();
     metrics.in_flight().inc();
-    let mut watch = Watch::new(
-        now,
-        Api::ChatCompletions,
-        timeouts,
-        weir_sse::DEFAULT_MAX_LINE,
-    );
+    let mut watch = Watch::new(now, api, timeouts, weir_sse::DEFAULT_MAX_LINE);
     (watch.stream, watch.strip_usage) = (true, strip_usage);
     Exchange {
         watch,
@@ -180,7 +185,7 @@ fn exchange(metrics: &Metrics, strip_usage: bool, timeouts: weir::config::Timeou
         backend: backend.clone(),
         series: metrics.series(
             &metrics.model_label(Some("tiny-llama")),
-            Operation::Chat,
+            api.operation(),
             &backend,
         ),
         metrics: metrics.clone(),
@@ -436,5 +441,117 @@ proptest! {
             worst
         });
         prop_assert!(worst <= 4 * MAX_LINE, "held {worst} bytes");
+    }
+}
+
+/// Runs a capture through the observer for `api`, cut in the given places; returns what the
+/// client got and the metrics text.
+fn observe_api(api: Api, stream: &[u8], cuts: &[usize]) -> (Vec<u8>, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let metrics = Metrics::new(vec!["tiny-llama".into()]);
+        let ex = exchange_for(&metrics, api, false, weir::config::Timeouts::default());
+        let chunks: Vec<Bytes> = chunk(stream, cuts)
+            .into_iter()
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let body = ObservedBody::new(Chunks(chunks.into()), ex, &sse_headers(), false, None);
+        let out = body
+            .collect()
+            .await
+            .expect("infallible")
+            .to_bytes()
+            .to_vec();
+        (out, String::from_utf8(metrics.render()).unwrap())
+    })
+}
+
+/// (content events, input, output, cache read) each capture must give. A token whose text
+/// is empty sends no event (or an empty one): 16 tokens come in 15 and 14 deltas here.
+const API_CAPTURES: [(Api, &str, f64, f64, f64, f64); 3] = [
+    (
+        Api::Responses,
+        "responses_stream.sse",
+        15.0,
+        19.0,
+        16.0,
+        0.0,
+    ),
+    (Api::Messages, "messages_stream.sse", 14.0, 14.0, 16.0, 0.0),
+    (
+        Api::ChatCompletions,
+        "chat_stream_usage_prompt_details.sse",
+        7.0,
+        46.0,
+        8.0,
+        0.0,
+    ),
+];
+
+fn check_api_metrics(api: Api, name: &str, expect: (f64, f64, f64, f64), text: &str) {
+    let (events, input, output, cached) = expect;
+    let labels = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_request_model", "tiny-llama"),
+    ];
+    let with = |t: &'static str| [labels[0], labels[1], ("gen_ai_token_type", t)];
+    let v = |metric: &str, l: &[(&str, &str)]| {
+        crate::common::prom::sum(text, metric, l).unwrap_or(-1.0)
+    };
+    assert_eq!(
+        v("gen_ai_server_time_to_first_token_seconds_count", &labels),
+        1.0,
+        "{name}"
+    );
+    assert_eq!(
+        v("weir_time_to_first_answer_token_seconds_count", &labels),
+        1.0,
+        "{name}"
+    );
+    assert_eq!(
+        v("weir_inter_token_latency_seconds_count", &labels),
+        events - 1.0,
+        "{name}"
+    );
+    assert_eq!(v("weir_tokens_total", &with("input")), input, "{name}");
+    assert_eq!(v("weir_tokens_total", &with("output")), output, "{name}");
+    assert_eq!(
+        v("weir_tokens_total", &with("cache_read")),
+        cached,
+        "{name}"
+    );
+    let ok = [labels[0], labels[1], ("outcome", "ok")];
+    assert_eq!(
+        v("weir_requests_total", &ok),
+        1.0,
+        "{name} ({api:?}) ends well"
+    );
+}
+
+#[test]
+fn every_api_is_measured_from_its_own_events_and_passes_unchanged() {
+    for (api, name, events, input, output, cached) in API_CAPTURES {
+        let stream = fixture(name);
+        let (out, text) = observe_api(api, &stream, &[]);
+        assert_eq!(out, stream, "{name}: the bytes go on as they came");
+        check_api_metrics(api, name, (events, input, output, cached), &text);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn every_api_is_measured_the_same_however_its_stream_is_cut(
+        which in 0usize..3,
+        cuts in proptest::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let (api, name, events, input, output, cached) = API_CAPTURES[which];
+        let stream = fixture(name);
+        let (out, text) = observe_api(api, &stream, &cuts);
+        prop_assert_eq!(&out, &stream);
+        check_api_metrics(api, name, (events, input, output, cached), &text);
     }
 }
