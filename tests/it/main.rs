@@ -4,6 +4,7 @@
 
 mod common;
 
+mod apis;
 mod backends;
 mod bench;
 mod cli;
