@@ -9,7 +9,7 @@ use crate::common::prom::{sum, value};
 use crate::common::*;
 use http::StatusCode;
 use serde_json::json;
-use weir::gateway::{self, Gateway};
+use weir::gateway::Gateway;
 use weir_bench::{Api, BenchArgs, Load, run_load};
 use weir_sim::SimConfig;
 
