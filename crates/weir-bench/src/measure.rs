@@ -86,7 +86,9 @@ pub(crate) async fn measure(
             continue;
         }
         let now = Instant::now();
-        parser.feed(&data, |e| meter.seen(now, events::event(api, e.data)));
+        parser.feed(&data, |e| {
+            meter.seen(now, events::event(api, e.name, e.data))
+        });
     }
     s.e2e = t0.elapsed().as_secs_f64();
     if !is_sse {
