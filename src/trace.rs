@@ -262,6 +262,7 @@ fn attributes(ex: &Request<'_>, m: &Measurement, outcome: Outcome, s: &Summary) 
         ));
     }
     common.push(KeyValue::new("weir.backend", ex.backend.to_string()));
+    common.push(KeyValue::new("weir.api", ex.watch.api.as_str()));
     common.push(KeyValue::new(
         "http.response.status_code",
         i64::from(ex.watch.status.as_u16()),

@@ -183,6 +183,7 @@ async fn a_streamed_request_over_grpc() {
         assert!(e2e >= 8 * itl.as_nanos() as u64, "{e2e} ns");
     }
     assert_eq!(str_attr(s, "weir.outcome"), Some("ok"));
+    assert_eq!(str_attr(s, "weir.api"), Some("chat_completions"));
     let ttft = f64_attr(s, "gen_ai.response.time_to_first_chunk").unwrap();
     let upstream_ttft = f64_attr(c, "gen_ai.response.time_to_first_chunk").unwrap();
     assert!(
