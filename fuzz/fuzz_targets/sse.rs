@@ -1,10 +1,11 @@
 //! Fuzzes the SSE parser and event classification: any bytes, cut into chunks anywhere,
-//! must parse without a panic, give the same events however they are cut, and never hold
-//! more than `max_line + max_event` bytes, with the default limits and with small ones.
+//! must parse without a panic, give the same events (data and `event:` name) and the same
+//! classification for every API however they are cut, and never hold more than
+//! `max_line + max_event` bytes, with the default limits and with small ones.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_sse::{SseParser, classify};
+use weir_sse::{Api, SseParser, classify_event};
 
 fuzz_target!(|input: &[u8]| {
     // The first byte chooses where to cut and the small limits; the rest is the stream.
@@ -28,7 +29,11 @@ fuzz_target!(|input: &[u8]| {
     }
 });
 
-type Found = (Vec<(Vec<u8>, u64, u64, bool, bool, bool)>, bool, u64, bool);
+/// An event's data, name, place, and what each API's classifier makes of it.
+type Seen = (Vec<u8>, Option<Vec<u8>>, u64, u64, [(bool, bool, bool, bool); 4]);
+type Found = (Vec<Seen>, bool, u64, bool);
+
+const APIS: [Api; 4] = [Api::Chat, Api::Completions, Api::Responses, Api::Messages];
 
 /// The events found in `chunks` (the pieces of `stream`) and the parser's state at the end;
 /// checks the memory bound after every chunk.
@@ -37,8 +42,13 @@ fn events((max_line, max_event): (usize, usize), stream: &[u8], chunks: &[&[u8]]
     let mut out = Vec::new();
     for c in chunks {
         p.feed(c, |e| {
-            let i = classify(e.data);
-            assert!(e.start <= e.end && e.data.len() <= max_event);
+            let kinds = APIS.map(|api| {
+                let i = classify_event(api, e.name, e.data);
+                assert!(!i.answer || i.content, "an answer is content");
+                (i.content, i.answer, i.end, i.invalid)
+            });
+            let name = e.name.map(<[u8]>::to_vec);
+            assert!(e.start <= e.end && e.data.len() + name.as_ref().map_or(0, Vec::len) <= max_event);
             // An event's end falls after a `\r` whose `\n` came in the next chunk: move it
             // past that `\n` so that every cutting compares equal.
             let mut end = e.end;
@@ -46,7 +56,7 @@ fn events((max_line, max_event): (usize, usize), stream: &[u8], chunks: &[&[u8]]
             if stream[at - 1] == b'\r' && stream.get(at) == Some(&b'\n') {
                 end += 1;
             }
-            out.push((e.data.to_vec(), e.start, end, i.content, i.done, i.invalid));
+            out.push((e.data.to_vec(), name, e.start, end, kinds));
         });
         assert!(p.held() <= max_line + max_event, "held {}", p.held());
     }
