@@ -46,6 +46,13 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
     }
     match path {
+        // OpenMetrics, with the exemplars, when the scraper asks for it (Prometheus does when
+        // its exemplar storage is on); the classic format, unchanged, otherwise.
+        "/metrics" if wants_openmetrics(req.headers()) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render_openmetrics().into(),
+        ),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -109,4 +116,46 @@ fn backends(state: &AppState) -> String {
         })
         .collect();
     serde_json::json!({ "strategy": current.config.balance, "backends": list }).to_string()
+}
+
+/// The `Accept` header names OpenMetrics (with any quality above 0).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let mut parts = t.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or_default();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            kind.eq_ignore_ascii_case("application/openmetrics-text") && q > 0.0
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_when_asked_for() {
+        let mut h = http::HeaderMap::new();
+        assert!(!wants_openmetrics(&h));
+        // What Prometheus 2.x sends with exemplar storage on.
+        h.insert(header::ACCEPT, "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1".parse().unwrap());
+        assert!(wants_openmetrics(&h));
+        h.insert(
+            header::ACCEPT,
+            "text/plain;version=0.0.4;q=1,*/*;q=0.1".parse().unwrap(),
+        );
+        assert!(!wants_openmetrics(&h));
+        h.insert(
+            header::ACCEPT,
+            "application/openmetrics-text;q=0".parse().unwrap(),
+        );
+        assert!(!wants_openmetrics(&h));
+    }
 }

@@ -176,6 +176,17 @@ impl Outcome {
     }
 }
 
+/// Every outcome's label value.
+pub const OUTCOMES: [&str; 7] = [
+    "ok",
+    "upstream_error",
+    "client_error",
+    "timeout",
+    "cancelled",
+    "unavailable",
+    "internal_error",
+];
+
 /// Closed set of `weir_errors_total{kind}` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+mod exemplars;
 mod families;
+mod openmetrics;
 
-use crate::labels::{ErrorKind, OTHER, Operation};
+use crate::labels::{ErrorKind, OTHER, OUTCOMES, Operation};
+pub use exemplars::{Exemplar, Exemplars, Ids};
 use families::Families;
 use prometheus::{
     Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
@@ -59,6 +62,9 @@ pub const MAX_MODELS: usize = 256;
 
 struct Inner {
     registry: Registry,
+    /// The TTFT and the ITL/TPOT buckets, SLO thresholds included: the exemplars' bounds.
+    ttft_buckets: Vec<f64>,
+    itl_buckets: Vec<f64>,
     models: RwLock<Vec<Arc<str>>>,
     other: Arc<str>,
     none: Arc<str>,
@@ -87,9 +93,61 @@ pub struct Series {
     pub cache_read_tokens_total: IntCounter,
     /// Output tokens spent reasoning (a subset of output).
     pub reasoning_tokens_total: IntCounter,
+    /// The latest request in each bucket of each latency histogram.
+    pub ex: SeriesExemplars,
     labels: [String; 3],
     duration: HistogramVec,
     requests: IntCounterVec,
+}
+
+/// The exemplars of one series' latency histograms.
+pub struct SeriesExemplars {
+    pub ttft: Exemplars,
+    pub ttfat: Exemplars,
+    pub tpot: Exemplars,
+    /// One per request: its largest gap.
+    pub itl: Exemplars,
+    pub upstream_ttft: Exemplars,
+    pub overhead: Exemplars,
+    /// End to end, by outcome (`OUTCOMES`' order).
+    duration: Vec<Exemplars>,
+}
+
+impl SeriesExemplars {
+    fn new(ttft: &[f64], itl: &[f64]) -> SeriesExemplars {
+        SeriesExemplars {
+            ttft: Exemplars::new(ttft),
+            ttfat: Exemplars::new(ttft),
+            tpot: Exemplars::new(itl),
+            itl: Exemplars::new(itl),
+            upstream_ttft: Exemplars::new(TTFT_BUCKETS),
+            overhead: Exemplars::new(OVERHEAD_BUCKETS),
+            duration: OUTCOMES
+                .iter()
+                .map(|_| Exemplars::new(DURATION_BUCKETS))
+                .collect(),
+        }
+    }
+
+    /// The end-to-end latency's exemplars of one outcome.
+    pub fn duration(&self, outcome: &str) -> Option<&Exemplars> {
+        let i = OUTCOMES.iter().position(|o| *o == outcome)?;
+        self.duration.get(i)
+    }
+
+    /// The exemplars of a histogram family, by its name (and outcome for e2e).
+    fn of(&self, family: &str, outcome: Option<&str>) -> Option<&Exemplars> {
+        Some(match family {
+            "gen_ai_server_time_to_first_token_seconds" => &self.ttft,
+            "weir_time_to_first_answer_token_seconds" => &self.ttfat,
+            "gen_ai_server_time_per_output_token_seconds" => &self.tpot,
+            "weir_inter_token_latency_seconds" => &self.itl,
+            "weir_upstream_time_to_first_token_seconds" => &self.upstream_ttft,
+            "weir_gateway_overhead_seconds" => &self.overhead,
+            "gen_ai_server_request_duration_seconds" => return self.duration(outcome?),
+            _ => return None,
+        })
+    }
 }
 
 impl Series {
@@ -115,6 +173,26 @@ impl Series {
     }
 }
 
+/// The series at the time of a scrape, to find each histogram's exemplars.
+struct Snapshot(Vec<Arc<Series>>);
+
+impl openmetrics::Lookup for Snapshot {
+    fn exemplars(&self, family: &str, m: &prometheus::proto::Metric) -> Option<&Exemplars> {
+        let label = |n: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == n)
+                .map(|l| l.value())
+        };
+        let want = [label(MODEL)?, label(OPERATION)?, label(BACKEND)?];
+        let s = self
+            .0
+            .iter()
+            .find(|s| s.labels.iter().zip(want).all(|(have, want)| have == want))?;
+        s.ex.of(family, label("outcome"))
+    }
+}
+
 impl Metrics {
     /// Builds every series; `models` are the model names that get their own label value.
     pub fn new(models: Vec<String>) -> Metrics {
@@ -135,6 +213,8 @@ impl Metrics {
             .expect("unique metric names");
         let inner = Inner {
             f: Families::new(&registry, &ttft_buckets, &itl_buckets),
+            ttft_buckets,
+            itl_buckets,
             slo: crate::slo::Slo::new(slo, &registry),
             registry,
             models: RwLock::new(Vec::new()),
@@ -209,6 +289,7 @@ impl Metrics {
             output_tokens_total: i.tokens.with_label_values(&t("output")),
             cache_read_tokens_total: i.tokens.with_label_values(&t("cache_read")),
             reasoning_tokens_total: i.tokens.with_label_values(&t("reasoning")),
+            ex: SeriesExemplars::new(&self.inner.ttft_buckets, &self.inner.itl_buckets),
             labels: l.map(str::to_string),
             duration: i.duration.clone(),
             requests: i.requests.clone(),
@@ -278,7 +359,7 @@ impl Metrics {
         &self.inner.registry
     }
 
-    /// Prometheus text exposition of every series.
+    /// Prometheus text exposition of every series (the classic format, no exemplars).
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         let families = self.inner.registry.gather();
@@ -286,6 +367,18 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+
+    /// The OpenMetrics exposition of every series, with the latency histograms' exemplars.
+    pub fn render_openmetrics(&self) -> String {
+        let families = self.inner.registry.gather();
+        let series = self
+            .inner
+            .series
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        openmetrics::encode(&families, &Snapshot(series))
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::backend::Load;
 use crate::error::Answer;
 use crate::labels::{Api, ErrorKind, Outcome, status_class};
-use crate::metrics::{Metrics, Series};
+use crate::metrics::{Exemplars, Ids, Metrics, Series};
 use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
 use crate::telemetry::access::AccessLine;
@@ -145,7 +145,17 @@ impl Recorder for Exchange {
         let w = &self.watch;
         let s = &self.series;
         let e2e = end.saturating_duration_since(w.t0);
+        let ids = Ids {
+            trace_id: self.trace.trace_id().to_bytes(),
+            span_id: self.trace.span_id().to_bytes(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         s.observe_duration(outcome.as_str(), secs(e2e));
+        if let Some(e) = s.ex.duration(outcome.as_str()) {
+            e.record(secs(e2e), ids, now);
+        }
         s.count_request(outcome.as_str(), status_class(w.status));
         self.count_errors(m, outcome);
         if let Outcome::Timeout(kind) = outcome {
@@ -156,7 +166,7 @@ impl Recorder for Exchange {
             self.metrics.tenant_request(t, outcome.as_str());
         }
         let figures = Figures::of(w, m, outcome, e2e);
-        figures.observe(s, w, m);
+        figures.observe(s, w, m, (ids, now));
         let finished = crate::slo::Finished {
             streamed_generation: w.stream && w.api.is_generation(),
             outcome,
@@ -238,18 +248,29 @@ impl Figures {
     }
 
     /// The latency and token series.
-    fn observe(&self, s: &Series, w: &Watch, m: &Measurement) {
+    /// The latency and token series, each latency with this request as its bucket's
+    /// exemplar (`ex`: its ids, and now on the wall clock).
+    fn observe(&self, s: &Series, w: &Watch, m: &Measurement, ex: (Ids, f64)) {
+        let (ids, now) = ex;
+        let latency = |h: &prometheus::Histogram, e: &Exemplars, d: Duration| {
+            h.observe(secs(d));
+            e.record(secs(d), ids, now);
+        };
         if let (Some(ttft), Some(first)) = (self.ttft, m.first_token) {
-            s.ttft.observe(secs(ttft));
+            latency(&s.ttft, &s.ex.ttft, ttft);
             let upstream = first.saturating_duration_since(w.sent);
-            s.upstream_ttft.observe(secs(upstream));
+            latency(&s.upstream_ttft, &s.ex.upstream_ttft, upstream);
             // The gateway's own time: not the client's upload of its body.
             let upload = w.body_done.saturating_duration_since(w.t0);
-            s.overhead
-                .observe(secs(ttft.saturating_sub(upstream).saturating_sub(upload)));
+            let overhead = ttft.saturating_sub(upstream).saturating_sub(upload);
+            latency(&s.overhead, &s.ex.overhead, overhead);
         }
         if let Some(t) = self.ttfat {
-            s.ttfat.observe(secs(t));
+            latency(&s.ttfat, &s.ex.ttfat, t);
+        }
+        // One exemplar per request for the gaps: its largest.
+        if let Some(gap) = self.itl_max {
+            s.ex.itl.record(secs(gap), ids, now);
         }
         if let Some(input) = self.input {
             s.input_tokens.observe(input as f64);
@@ -263,7 +284,7 @@ impl Figures {
             .inc_by(self.cache_read.unwrap_or(0));
         s.reasoning_tokens_total.inc_by(self.reasoning.unwrap_or(0));
         if let Some(t) = self.tpot {
-            s.tpot.observe(secs(t));
+            latency(&s.tpot, &s.ex.tpot, t);
         }
     }
 }

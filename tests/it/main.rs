@@ -9,6 +9,7 @@ mod backends;
 mod bench;
 mod cli;
 mod edge;
+mod exemplars;
 mod gateway;
 mod hostile;
 mod inspect_props;

@@ -233,6 +233,7 @@ impl Stack {
             format!("--config.file={}", path("prometheus.yml")),
             format!("--storage.tsdb.path={}", path("prom-data")),
             format!("--web.listen-address={prom_addr}"),
+            "--enable-feature=exemplar-storage".to_string(),
         ];
         procs.push(Proc::spawn(
             prometheus,
