@@ -1,5 +1,7 @@
 //! A client streaming a chat completion through weir, printing each token with the time it
-//! arrived — the client-side view of what weir measures.
+//! arrived (the first after its TTFT, the others after their gap, the ITL) and the end-to-end
+//! time: the client-side view of what weir measures. Compare with the request's access-log
+//! line (same request id) or with `weir top`.
 //!
 //! ```sh
 //! cargo run --release -- demo --keep-serving      # in one terminal
@@ -35,11 +37,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .body(Full::new(Bytes::from(body.to_string())))?;
     let t0 = Instant::now();
     let res = client.request(req).await?;
-    println!(
-        "status {} request-id {:?}",
-        res.status(),
-        res.headers().get("x-request-id")
-    );
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    println!("status {}, request id {request_id}", res.status());
     let mut body = res.into_body();
     let mut parser = SseParser::default();
     let mut last = None;
@@ -53,7 +56,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if info.content {
                 let since = last.map_or(now - t0, |l| now - l);
                 let label = if last.is_none() { "TTFT" } else { "ITL " };
-                println!("{label} {:>8.2} ms", since.as_secs_f64() * 1e3);
+                let text = token_text(event.data);
+                println!("{label} {:>8.2} ms  {text:?}", since.as_secs_f64() * 1e3);
                 last = Some(now);
             }
         });
@@ -61,4 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("e2e  {:>8.2} ms", t0.elapsed().as_secs_f64() * 1e3);
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// The text a chat (or completions) chunk carries.
+fn token_text(data: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let choice = &v["choices"][0];
+    let text = choice["delta"]["content"]
+        .as_str()
+        .or_else(|| choice["text"].as_str());
+    text.unwrap_or_default().to_owned()
 }

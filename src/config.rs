@@ -4,8 +4,11 @@
 
 mod auth;
 mod backend;
+pub mod de;
+mod error;
 mod limits;
 mod proxy;
+mod restart;
 mod slo;
 mod telemetry;
 
@@ -17,6 +20,7 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, KeyConfig, parse_hash};
 pub use backend::{BackendConfig, Health, Retries, Strategy, TimeoutOverrides, Timeouts};
+pub use error::{ConfigError, Invalid};
 pub use limits::Limits;
 pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
@@ -27,8 +31,10 @@ pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Proxy listener (clients connect here).
+    #[serde(deserialize_with = "de::listen")]
     pub listen: SocketAddr,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/backends`.
+    #[serde(deserialize_with = "de::listen")]
     pub admin_listen: SocketAddr,
     /// Models used as the `gen_ai_request_model` label; any other model is `other`.
     pub models: Vec<String>,
@@ -48,7 +54,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: Admin,
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "de::duration")]
     pub shutdown_grace: Duration,
     /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
     pub telemetry: TelemetryConfig,
@@ -85,33 +91,19 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used, naming the field at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid `{field}`: {reason}")]
-    Invalid { field: String, reason: String },
-}
-
-impl ConfigError {
-    /// The field at `field` is wrong for `reason`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
 impl Config {
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file; an invalid value's error names the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config
+            .validate()
+            .map_err(|e| e.origin(path.display().to_string()))?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file and fills its derived defaults, without validating it: the command
+    /// line may still complete it (`--backend`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -121,7 +113,6 @@ impl Config {
             message,
         })?;
         config.normalise();
-        config.validate()?;
         Ok(config)
     }
 
@@ -150,31 +141,38 @@ impl Config {
             return Err(ConfigError::invalid(
                 "backends",
                 "at least one backend is required (a [[backends]] table or --backend URL)",
-            ));
+            )
+            .example("[[backends]] url = \"http://127.0.0.1:8000\""));
         }
+        // Before the backends, which inherit it: its error names the table the user wrote.
+        self.timeouts.validate("timeouts")?;
         backend::validate(&self.backends, &self.timeouts)?;
         for (j, m) in self.models.iter().enumerate() {
-            check_label(m).map_err(|r| ConfigError::invalid(format!("models[{j}]"), r))?;
+            check_label(m).map_err(|r| {
+                ConfigError::invalid(format!("models[{j}]"), r)
+                    .value(error::quoted(m))
+                    .example("models = [\"meta-llama/Llama-3.1-8B-Instruct\"]")
+            })?;
         }
-        self.timeouts.validate("timeouts")?;
-        self.auth
-            .validate()
-            .map_err(|(field, reason)| ConfigError::invalid(field, reason))?;
+        self.auth.validate()?;
         if !self.admin.token_sha256.is_empty() && parse_hash(&self.admin.token_sha256).is_none() {
-            return Err(ConfigError::invalid(
-                "admin.token_sha256",
-                "must be 64 hex digits",
-            ));
+            return Err(ConfigError::invalid("admin.token_sha256", HASH_REASON)
+                .value(error::quoted(&self.admin.token_sha256))
+                .example(HASH_EXAMPLE));
         }
         self.limits.validate()?;
         self.proxy.validate()?;
         self.health.validate()?;
         self.slo.validate()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {
-            return Err(ConfigError::invalid(
-                "admin_listen",
-                "must differ from `listen`",
-            ));
+            return Err(
+                ConfigError::invalid("admin_listen", "must differ from `listen`")
+                    .value(error::quoted(&self.admin_listen.to_string()))
+                    .example(format!(
+                        "admin_listen = \"127.0.0.1:{}\"",
+                        self.listen.port().wrapping_add(1)
+                    )),
+            );
         }
         self.telemetry.validate()
     }
@@ -194,6 +192,10 @@ impl Config {
         out
     }
 }
+
+/// What a SHA-256 field must hold, and how to make one.
+const HASH_REASON: &str = "must be 64 hex digits, the SHA-256 of the key";
+const HASH_EXAMPLE: &str = "sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" (printf %s \"$KEY\" | sha256sum)";
 
 fn check_label(v: &str) -> Result<(), &'static str> {
     if v.is_empty() {

@@ -101,8 +101,11 @@ pub async fn run(args: DemoArgs) -> std::io::Result<()> {
     let gw = gateway::start(config).await?;
     let base = format!("http://{}", gw.addr);
     eprintln!(
-        "weir demo: gateway {base} -> simulated vLLM at {sim_addr} (model {model}, TTFT {:?}, {:?}/token)",
-        args.ttft, args.itl
+        "weir demo: gateway {base} -> simulated vLLM at {sim_addr} (model {model}: TTFT {:?} plus up to {:?} of random jitter, {:?} plus up to {:?} per token)",
+        args.ttft,
+        args.ttft * 2 / 3,
+        args.itl,
+        args.itl * 2 / 3
     );
     eprintln!(
         "sending {} requests, {} at a time (streamed chat, completions, non-streamed, a few injected faults)",
@@ -115,14 +118,25 @@ pub async fn run(args: DemoArgs) -> std::io::Result<()> {
 
     let families = gw.state.metrics.registry().gather();
     print_summary(&families, elapsed, &args);
-    println!("\nmetrics: http://{}/metrics", gw.admin_addr);
+    if let Some(line) = crate::telemetry::first_access_line() {
+        println!(
+            "\nThe access-log line of the first request (the gateway writes one per request on stdout; --log-format pretty|json):\n{line}"
+        );
+    }
 
     if args.keep_serving {
-        println!("gateway: {base}   (Ctrl-C to stop)");
+        let admin = format!("http://{}", gw.admin_addr);
+        println!("\ngateway: {base}   (Ctrl-C to stop)");
+        println!("metrics: {admin}/metrics");
+        println!("watch:   weir top --admin {admin}");
         println!(
             "try:     curl -N {base}/v1/chat/completions -H 'content-type: application/json' \\\n           -d '{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
         );
         gateway::shutdown_signal().await;
+    } else {
+        println!(
+            "\nThe gateway has stopped. `weir demo --keep-serving` leaves it running for curl, its /metrics and `weir top`."
+        );
     }
     gw.shutdown().await;
     let _ = stop_sim.send(());
@@ -296,6 +310,16 @@ fn print_summary(families: &[MetricFamily], elapsed: Duration, args: &DemoArgs) 
             *output_tokens.entry(model).or_default() += m.get_counter().value();
         }
     }
+    let mut slo: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (model, m) in by_model(families, "weir_slo_requests_total") {
+        if label(m, "slo").as_deref() == Some("all") {
+            let (met, judged) = slo.entry(model).or_default();
+            *judged += m.get_counter().value();
+            if label(m, "met").as_deref() == Some("true") {
+                *met += m.get_counter().value();
+            }
+        }
+    }
     let ttft = histograms(families, "gen_ai_server_time_to_first_token_seconds");
     let itl = histograms(families, "weir_inter_token_latency_seconds");
     let tpot = histograms(families, "gen_ai_server_time_per_output_token_seconds");
@@ -308,7 +332,7 @@ fn print_summary(families: &[MetricFamily], elapsed: Duration, args: &DemoArgs) 
         elapsed.as_secs_f64()
     );
     println!(
-        "{:<14} {:>8}  {:<34} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",
+        "{:<14} {:>8}  {:<34} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>8}",
         "model",
         "requests",
         "outcomes",
@@ -317,7 +341,8 @@ fn print_summary(families: &[MetricFamily], elapsed: Duration, args: &DemoArgs) 
         "ITL p50",
         "ITL p99",
         "TPOT p50",
-        "output tok/s"
+        "output tok/s",
+        "goodput"
     );
     for (model, outs) in &outcomes {
         let total: f64 = outs.values().sum();
@@ -327,8 +352,14 @@ fn print_summary(families: &[MetricFamily], elapsed: Duration, args: &DemoArgs) 
             .collect::<Vec<_>>()
             .join(" ");
         let tok_s = output_tokens.get(model).copied().unwrap_or(0.0) / elapsed.as_secs_f64();
+        let goodput = slo
+            .get(model)
+            .filter(|(_, judged)| *judged > 0.0)
+            .map_or("-".to_owned(), |(met, judged)| {
+                format!("{:.1}%", 100.0 * met / judged)
+            });
         println!(
-            "{:<14} {:>8}  {:<34} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12.0}",
+            "{:<14} {:>8}  {:<34} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12.0} {:>8}",
             model,
             total,
             outs_text,
@@ -337,9 +368,15 @@ fn print_summary(families: &[MetricFamily], elapsed: Duration, args: &DemoArgs) 
             fmt_ms(q(&itl, model, 0.5)),
             fmt_ms(q(&itl, model, 0.99)),
             fmt_ms(q(&tpot, model, 0.5)),
-            tok_s
+            tok_s,
+            goodput
         );
     }
+    let targets = Config::default().slo;
+    println!(
+        "\ngoodput: the streamed requests that met both SLOs (TTFT <= {:?}, mean ITL <= {:?}; [slo] in the config)",
+        targets.ttft, targets.itl
+    );
     let all_overhead = overhead
         .values()
         .fold(Vec::<(f64, u64)>::new(), |mut acc, b| {

@@ -36,8 +36,8 @@ pub async fn start_with(
     config: Config,
     stack: impl FnOnce(Arc<AppState>) -> app::AppService,
 ) -> std::io::Result<Gateway> {
-    let listener = TcpListener::bind(config.listen).await?;
-    let admin_listener = TcpListener::bind(config.admin_listen).await?;
+    let listener = bind("listen", "--listen", config.listen).await?;
+    let admin_listener = bind("admin_listen", "--admin-listen", config.admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Metrics::with_slo(config.known_models(), &config.slo);
@@ -102,6 +102,25 @@ pub async fn start_with(
     })
 }
 
+/// Binds one listener; a failure names the listener, its address, and how to pick another.
+async fn bind(field: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                ": another process is listening there; stop it or choose another port with {flag} or `{field} =` in the config file"
+            ),
+            std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+                ": ports below 1024 need privileges; choose a port of 1024 or more with {flag}"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                ": no interface of this machine has that address; use 0.0.0.0 for every interface or 127.0.0.1 with {flag}"
+            ),
+            _ => String::new(),
+        };
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({field}): {e}{hint}"))
+    })
+}
+
 impl Gateway {
     /// Stops accepting, waits for open requests up to the configured grace period.
     pub async fn shutdown(self) {
@@ -122,21 +141,36 @@ impl Gateway {
 
 impl Gateway {
     /// Loads and validates `path` and, when it is good, switches to its backends, balancing,
-    /// health and timeouts; otherwise keeps the running config and says why. Listeners and
-    /// limits need a restart.
+    /// health, timeouts, keys and per-request limits; otherwise keeps the running config and
+    /// says why. The fields read only at start (listeners, connection limits, `[slo]`,
+    /// `[telemetry]`) keep their running values: the log line and the result name those that
+    /// changed, which need a restart.
     pub fn reload_from(
         &self,
         path: &std::path::Path,
         overrides: impl Fn(&mut Config),
-    ) -> Result<(), crate::config::ConfigError> {
+    ) -> Result<Vec<&'static str>, crate::config::ConfigError> {
         let _span = tracing::info_span!("config_reload", path = %path.display()).entered();
-        let mut config = Config::load(path)?;
+        let origin = || path.display().to_string();
+        let mut config = Config::read(path)?;
         overrides(&mut config);
         config.normalise();
-        config.validate()?;
+        config.validate().map_err(|e| e.origin(origin()))?;
+        let not_applied = config.keep_fixed_at_start(&self.state.current().config);
         self.state.reload(config);
-        tracing::info!(path = %path.display(), backends = self.state.current().pool.backends.len(), "config reloaded");
-        Ok(())
+        let backends = self.state.current().pool.backends.len();
+        if not_applied.is_empty() {
+            tracing::info!(path = %path.display(), backends, "config reloaded");
+        } else {
+            let fields = not_applied.join(", ");
+            tracing::warn!(
+                path = %path.display(),
+                backends,
+                restart_needed = %fields,
+                "config reloaded, except {fields}: changed in the file, kept at their running values until a restart"
+            );
+        }
+        Ok(not_applied)
     }
 }
 

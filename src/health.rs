@@ -233,7 +233,7 @@ async fn discover_models(b: &Backend, timeout: Duration, metrics: &Metrics) {
     };
     let ids: Vec<String> = list.data.into_iter().map(|m| m.id).collect();
     if b.models().as_deref() != Some(&ids[..]) {
-        tracing::info!(backend = %b.name, models = ?ids, "models discovered");
+        tracing::info!(backend = %b.name, models = %crate::telemetry::Json(&ids), "models discovered");
         metrics.add_models(&ids);
         b.set_models(ids);
     }

@@ -98,7 +98,10 @@ mod tests {
                 sha256: "abc".into(),
             }],
         };
-        assert_eq!(bad.validate().unwrap_err().0, "auth.keys[0].sha256");
+        assert_eq!(
+            bad.validate().unwrap_err().field(),
+            Some("auth.keys[0].sha256")
+        );
         let dup = AuthConfig {
             keys: vec![
                 crate::config::KeyConfig {
@@ -111,7 +114,10 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(dup.validate().unwrap_err().0, "auth.keys[1].name");
+        assert_eq!(
+            dup.validate().unwrap_err().field(),
+            Some("auth.keys[1].name")
+        );
     }
 
     #[test]

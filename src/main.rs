@@ -23,11 +23,31 @@ static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muz
 #[command(
     name = "weir",
     version,
-    about = "A reverse proxy for vLLM that measures TTFT, ITL, TPOT and usage in-band"
+    about = "A reverse proxy for vLLM that measures TTFT, ITL, TPOT and usage in-band",
+    long_about = "A reverse proxy for vLLM that measures TTFT, ITL, TPOT and usage in-band.\n\n\
+        `weir` with no subcommand runs the gateway: it serves the proxy listener (--listen) and \
+        the admin listener (--admin-listen: /metrics, /healthz, /readyz, /backends) until \
+        SIGTERM or Ctrl-C; SIGHUP reloads --config.",
+    after_help = "Examples:\n  \
+        weir --backend http://127.0.0.1:8000 --model meta-llama/Llama-3.1-8B-Instruct\n  \
+        weir --config config/weir.toml\n  \
+        weir check --config config/weir.toml --backend http://10.0.0.7:8000\n  \
+        weir demo\n  \
+        weir bench --url http://127.0.0.1:8080 --concurrency 16 --duration 60s"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines on stdout: json, pretty, or auto (pretty when stdout is a terminal, JSON
+    /// lines otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "WEIR_LOG_FORMAT"
+    )]
+    log_format: weir::telemetry::LogStyle,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -37,11 +57,11 @@ struct GatewayArgs {
     /// TOML config file (see config/weir.toml); flags override it.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// Proxy listener address.
-    #[arg(long)]
+    /// Proxy listener address: an IP and a port, e.g. 0.0.0.0:8080.
+    #[arg(long, value_parser = weir::config::de::parse_listen)]
     listen: Option<SocketAddr>,
-    /// Admin listener address (/metrics, /healthz, /readyz, /backends).
-    #[arg(long)]
+    /// Admin listener address (/metrics, /healthz, /readyz, /backends), e.g. 127.0.0.1:9464.
+    #[arg(long, value_parser = weir::config::de::parse_listen)]
     admin_listen: Option<SocketAddr>,
     /// Backend base URL; repeat for several (replaces the file's backends).
     #[arg(long = "backend", value_name = "URL")]
@@ -59,33 +79,19 @@ enum Command {
     Demo(weir::demo::DemoArgs),
     /// Load-test an OpenAI-compatible endpoint and report TTFT, ITL, TPOT, e2e and goodput.
     Bench(weir_bench::BenchArgs),
-    /// Validate a config file.
-    Check {
-        #[arg(long, short = 'c')]
-        config: PathBuf,
-    },
+    /// Validate a config file with the flags the gateway will run with, without starting it.
+    #[command(after_help = "Examples:\n  \
+        weir check --config config/weir.toml\n  \
+        weir check --config config/weir.toml --backend http://10.0.0.7:8000 --listen 0.0.0.0:8080")]
+    Check(GatewayArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { config }) => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} backend(s), {} model label(s))",
-                    config.display(),
-                    c.backends.len(),
-                    c.known_models().len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Some(Command::Check(args)) => check(&args),
         Some(Command::Sim(sim)) => {
-            weir::telemetry::init_logging("info");
+            weir::telemetry::init_logging("info", cli.log_format);
             prepare_fds(None);
             run(async move {
                 let listener = tokio::net::TcpListener::bind(sim.listen).await?;
@@ -94,12 +100,12 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Bench(args)) => {
-            weir::telemetry::init_logging("warn");
+            weir::telemetry::init_logging("warn", cli.log_format);
             prepare_fds(None);
             run(weir_bench::run(args))
         }
         Some(Command::Demo(args)) => {
-            weir::telemetry::init_logging("warn");
+            weir::telemetry::init_demo_logging("warn", cli.log_format);
             run(weir::demo::run(args))
         }
         None => {
@@ -111,7 +117,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            weir::telemetry::init_logging("info");
+            weir::telemetry::init_logging("info", cli.log_format);
             prepare_fds(weir::fds::for_gateway(config.limits.max_connections));
             run(async move {
                 #[cfg(unix)]
@@ -124,6 +130,30 @@ fn main() -> ExitCode {
                 gw.shutdown().await;
                 Ok(())
             })
+        }
+    }
+}
+
+/// `weir check`: the config the gateway would run with, validated, or what is wrong with it.
+fn check(args: &GatewayArgs) -> ExitCode {
+    match gateway_config(args) {
+        Ok(c) => {
+            let source = args
+                .config
+                .as_ref()
+                .map_or("the command line".to_owned(), |p| p.display().to_string());
+            println!(
+                "{source}: ok ({} backend(s), {} model label(s), listening on {}, admin on {})",
+                c.backends.len(),
+                c.known_models().len(),
+                c.listen,
+                c.admin_listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -166,17 +196,29 @@ impl Signals {
     }
 }
 
-/// The config file (or defaults) with the command line's flags applied.
+/// The config file (or defaults) with the command line's flags applied. An invalid value's
+/// error names where it came from: the flag that set it, or the file.
 fn gateway_config(args: &GatewayArgs) -> Result<Config, weir::config::ConfigError> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
     apply_flags(args, &mut config);
     // OTEL_* variables win over the [telemetry] table, as flags win over the file.
     config.telemetry.apply_env(|k| std::env::var(k).ok())?;
     config.normalise();
-    config.validate()?;
+    config.validate().map_err(|e| {
+        let field = e.field().unwrap_or_default();
+        if field.starts_with("backends[") && !args.backends.is_empty() {
+            e.origin("--backend")
+        } else if field.starts_with("models[") && args.config.is_none() {
+            e.origin("--model")
+        } else if let Some(path) = &args.config {
+            e.origin(path.display().to_string())
+        } else {
+            e
+        }
+    })?;
     Ok(config)
 }
 

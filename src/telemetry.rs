@@ -48,22 +48,69 @@ type Bridge = Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTrac
 
 static BRIDGE: OnceLock<reload::Handle<Bridge, Registry>> = OnceLock::new();
 
-/// Installs the global subscriber: JSON lines on stdout (`default_filter` applies when
+/// How log lines are written: `auto` is `pretty` when stdout is a terminal and `json`
+/// otherwise (a file, a pipe, a log collector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogStyle {
+    #[default]
+    Auto,
+    /// One JSON object a line.
+    Json,
+    /// One readable line an event: time, level, target, message and `key=value` fields.
+    Pretty,
+}
+
+impl LogStyle {
+    /// `Json` or `Pretty`: `Auto` decided by whether stdout is a terminal.
+    pub fn resolve(self) -> LogStyle {
+        match self {
+            LogStyle::Auto if std::io::stdout().is_terminal() => LogStyle::Pretty,
+            LogStyle::Auto => LogStyle::Json,
+            style => style,
+        }
+    }
+}
+
+/// The first access-log line written, in the log's style, when [`init_demo_logging`] asked
+/// for it to be kept.
+static FIRST_ACCESS: OnceLock<String> = OnceLock::new();
+
+/// Installs the global subscriber: lines on stdout in `style` (`default_filter` applies when
 /// `RUST_LOG` is not set) and the, at first empty, bridge of weir's own spans to OTLP.
-pub fn init_logging(default_filter: &str) {
+pub fn init_logging(default_filter: &str, style: LogStyle) {
+    install(default_filter, style, false);
+}
+
+/// [`init_logging`], also keeping the first access-log line, whatever the filter lets through
+/// (see [`first_access_line`]): the demo shows one.
+pub fn init_demo_logging(default_filter: &str, style: LogStyle) {
+    install(default_filter, style, true);
+}
+
+/// The first access-log line, kept by [`init_demo_logging`]'s subscriber.
+pub fn first_access_line() -> Option<&'static str> {
+    FIRST_ACCESS.get().map(String::as_str)
+}
+
+fn install(default_filter: &str, style: LogStyle, keep_first_access: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (bridge, handle) = reload::Layer::new(None);
     // Only weir's own spans: never the exporter's (that would trace the exporting itself).
     let bridge = bridge.with_filter(Targets::new().with_target("weir", tracing::Level::INFO));
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .event_format(access::LogFormat::new())
+    let style = style.resolve();
+    let lines = tracing_subscriber::fmt::layer()
+        .event_format(access::LogFormat::styled(style))
         .with_writer(std::io::stdout)
         .with_filter(filter);
+    let keep = keep_first_access.then(|| {
+        access::KeepFirst::new(&FIRST_ACCESS, style)
+            .with_filter(Targets::new().with_target(access::TARGET, tracing::Level::INFO))
+    });
     if Registry::default()
         .with(bridge)
-        .with(json)
+        .with(lines)
+        .with(keep)
         .try_init()
         .is_ok()
     {
@@ -71,10 +118,23 @@ pub fn init_logging(default_filter: &str) {
     }
 }
 
-/// A gateway's trace pipeline; with tracing off it holds nothing but the dropped-spans counter.
+/// A value written as JSON in a log field (a list stays a list in a JSON log line).
+pub struct Json<'a, T: serde::Serialize>(pub &'a T);
+
+impl<T: serde::Serialize> std::fmt::Display for Json<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self.0).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+/// A gateway's trace and OTLP metrics pipelines; with both off it holds nothing but the
+/// dropped-spans counter.
 pub struct Telemetry {
     tracer: Option<SdkTracer>,
     pipeline: Mutex<Option<Pipeline>>,
+    instruments: Option<Arc<Instruments>>,
+    meters: Mutex<Option<SdkMeterProvider>>,
     export_timeout: Duration,
 }
 

@@ -2,6 +2,9 @@
 
 use serde::Deserialize;
 
+use super::error::{ConfigError, quoted};
+use super::{HASH_EXAMPLE, HASH_REASON};
+
 /// `[[auth.keys]]`: a client key, by name and hash.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,18 +25,26 @@ pub struct AuthConfig {
 
 impl AuthConfig {
     /// Checks the hashes; the error names the bad entry.
-    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
             if parse_hash(&k.sha256).is_none() {
-                return Err((format!("auth.keys[{i}].sha256"), "must be 64 hex digits"));
+                return Err(
+                    ConfigError::invalid(format!("auth.keys[{i}].sha256"), HASH_REASON)
+                        .value(quoted(&k.sha256))
+                        .example(HASH_EXAMPLE),
+                );
             }
-            if k.name.is_empty() || k.name.len() > 64 || !names.insert(&k.name) {
-                return Err((
-                    format!("auth.keys[{i}].name"),
-                    "must be unique and 1 to 64 bytes",
-                ));
-            }
+            let reason = if k.name.is_empty() || k.name.len() > 64 {
+                "must be 1 to 64 bytes"
+            } else if !names.insert(&k.name) {
+                "another key has this name: each key's name must be its own"
+            } else {
+                continue;
+            };
+            return Err(ConfigError::invalid(format!("auth.keys[{i}].name"), reason)
+                .value(quoted(&k.name))
+                .example("name = \"team-search\""));
         }
         Ok(())
     }

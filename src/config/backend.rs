@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, check_label};
+use super::check_label;
+use super::error::{ConfigError, duration, positive, quoted};
 
 /// One backend.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,13 +71,13 @@ pub enum Strategy {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutOverrides {
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub connect: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub first_token: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub idle: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub total: Option<Duration>,
 }
 
@@ -85,10 +86,10 @@ pub struct TimeoutOverrides {
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
     /// How often each backend's `/health` is fetched (and its `/metrics` for queue-aware).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub interval: Duration,
     /// A check slower than this fails.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub timeout: Duration,
     /// Consecutive failed checks that take a backend down.
     pub unhealthy_threshold: u32,
@@ -97,9 +98,9 @@ pub struct Health {
     /// Consecutive connect failures or 5xx answers that eject a backend (0: never).
     pub passive_failures: u32,
     /// First ejection; each further one doubles, up to `ejection_max`.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub ejection_base: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub ejection_max: Duration,
 }
 
@@ -116,22 +117,22 @@ pub struct Retries {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP connect to a backend.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub connect: Duration,
     /// Request sent → first content-bearing event (or the response head when not streamed).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub first_token: Duration,
     /// Longest gap between two chunks of a response.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub idle: Duration,
     /// Request head → end of the response.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub total: Duration,
     /// Idle pooled connections to backends are closed after this long. Shorter than vLLM's
     /// own keep-alive (uvicorn, `VLLM_HTTP_TIMEOUT_KEEP_ALIVE`, 5 s by default), so that weir
     /// never sends a request on a connection the backend is closing, and the memory of a
     /// burst's connections goes back soon after the burst.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub pool_idle: Duration,
 }
 
@@ -183,18 +184,13 @@ impl Default for Retries {
 impl Timeouts {
     /// Every timeout must be set; `at` names the table (`timeouts`, `backends[0].timeouts`).
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        for (name, d) in [
-            ("connect", self.connect),
-            ("first_token", self.first_token),
-            ("idle", self.idle),
-            ("total", self.total),
+        for (name, d, example) in [
+            ("connect", self.connect, "connect = \"3s\""),
+            ("first_token", self.first_token, "first_token = \"120s\""),
+            ("idle", self.idle, "idle = \"60s\""),
+            ("total", self.total, "total = \"10m\""),
         ] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(
-                    format!("{at}.{name}"),
-                    "must be greater than 0",
-                ));
-            }
+            positive(format!("{at}.{name}"), d, example)?;
         }
         Ok(())
     }
@@ -202,29 +198,39 @@ impl Timeouts {
 
 impl Health {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        for (name, d) in [
-            ("interval", self.interval),
-            ("timeout", self.timeout),
-            ("ejection_base", self.ejection_base),
+        for (name, d, example) in [
+            ("interval", self.interval, "interval = \"5s\""),
+            ("timeout", self.timeout, "timeout = \"2s\""),
+            (
+                "ejection_base",
+                self.ejection_base,
+                "ejection_base = \"5s\"",
+            ),
         ] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(
-                    format!("health.{name}"),
-                    "must be greater than 0",
-                ));
-            }
+            positive(format!("health.{name}"), d, example)?;
         }
         if self.ejection_max < self.ejection_base {
             return Err(ConfigError::invalid(
                 "health.ejection_max",
-                "must not be less than ejection_base",
-            ));
+                format!(
+                    "must not be less than ejection_base ({})",
+                    duration(self.ejection_base)
+                ),
+            )
+            .value(duration(self.ejection_max))
+            .example("ejection_max = \"2m\""));
         }
-        if self.unhealthy_threshold == 0 || self.healthy_threshold == 0 {
-            return Err(ConfigError::invalid(
-                "health.unhealthy_threshold",
-                "thresholds must be at least 1",
-            ));
+        for (name, n) in [
+            ("unhealthy_threshold", self.unhealthy_threshold),
+            ("healthy_threshold", self.healthy_threshold),
+        ] {
+            if n == 0 {
+                return Err(
+                    ConfigError::invalid(format!("health.{name}"), "must be at least 1")
+                        .value("0")
+                        .example(format!("{name} = 2")),
+                );
+            }
         }
         Ok(())
     }
@@ -232,33 +238,88 @@ impl Health {
 
 /// Checks each backend (URL, unique name, models, weight, timeouts with `global` applied).
 pub(super) fn validate(backends: &[BackendConfig], global: &Timeouts) -> Result<(), ConfigError> {
-    let mut names = std::collections::HashSet::new();
+    let mut names = std::collections::HashMap::new();
     for (i, b) in backends.iter().enumerate() {
         let field = |f: &str| format!("backends[{i}].{f}");
-        let invalid = |f: &str, reason: &str| ConfigError::invalid(field(f), reason);
-        let uri: http::Uri = b.url.parse().map_err(|_| invalid("url", "not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid("url", "must start with http://"));
-        }
-        if uri.authority().is_none() {
-            return Err(invalid("url", "has no host"));
-        }
-        if uri.query().is_some() {
-            return Err(invalid("url", "must not have a query"));
-        }
-        if !names.insert(b.name.as_str()) {
-            return Err(invalid("name", "duplicate backend name"));
+        check_url(&b.url).map_err(|(reason, example)| {
+            ConfigError::invalid(field("url"), reason)
+                .value(quoted(&b.url))
+                .example(format!("url = {}", quoted(&example)))
+        })?;
+        if let Some(first) = names.insert(b.name.as_str(), i) {
+            return Err(duplicate(backends, first, i));
         }
         for (j, m) in b.models.iter().enumerate() {
-            check_label(m).map_err(|r| invalid(&format!("models[{j}]"), r))?;
+            check_label(m).map_err(|r| {
+                ConfigError::invalid(field(&format!("models[{j}]")), r)
+                    .value(quoted(m))
+                    .example("models = [\"meta-llama/Llama-3.1-8B-Instruct\"]")
+            })?;
         }
-        check_label(&b.name).map_err(|r| invalid("name", r))?;
+        check_label(&b.name).map_err(|r| {
+            ConfigError::invalid(field("name"), r)
+                .value(quoted(&b.name))
+                .example("name = \"gpu-a\"")
+        })?;
         if b.weight == 0 {
-            return Err(invalid("weight", "must be at least 1"));
+            return Err(ConfigError::invalid(field("weight"), "must be at least 1")
+                .value("0")
+                .example("weight = 1"));
         }
         global
             .with(&b.timeouts)
             .validate(&format!("backends[{i}].timeouts"))?;
     }
     Ok(())
+}
+
+/// Why a backend URL cannot be used, and a URL that would do.
+fn check_url(url: &str) -> Result<(), (&'static str, String)> {
+    let plain = |rest: &str| format!("http://{}", rest.trim_start_matches('/'));
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Err(("not a URL", "http://127.0.0.1:8000".to_owned()));
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        None => return Err(("must start with http://", plain(url))),
+        Some("https") => {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            return Err((
+                "weir speaks plain HTTP to its backends: must start with http://",
+                plain(rest),
+            ));
+        }
+        Some(_) => {
+            return Err((
+                "must start with http://",
+                "http://127.0.0.1:8000".to_owned(),
+            ));
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(("has no host", "http://127.0.0.1:8000".to_owned()));
+    }
+    if uri.query().is_some() {
+        let base = url.split('?').next().unwrap_or(url);
+        return Err(("must not have a query", base.to_owned()));
+    }
+    Ok(())
+}
+
+/// Two backends with one name: say whether the user named them, or whether the name is the
+/// URL's `host:port` that both were given.
+fn duplicate(backends: &[BackendConfig], first: usize, i: usize) -> ConfigError {
+    let b = &backends[i];
+    let reason = if backends[first].url == b.url {
+        format!(
+            "backends[{first}] has the same URL: list each backend once, or name them apart if they are meant to be two"
+        )
+    } else {
+        format!(
+            "backends[{first}] has this name too: each backend's name must be its own (unnamed backends are named after their URL's host:port)"
+        )
+    };
+    ConfigError::invalid(format!("backends[{i}].name"), reason)
+        .value(quoted(&b.name))
+        .example(format!("name = \"{}-2\"", b.name))
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::error::positive;
 
 /// Limits on what clients and backends may make the gateway hold.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,11 +18,11 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// A client must send its request head within this long, and a new connection its
     /// first bytes (slow-loris).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub header_read_timeout: Duration,
     /// A measured endpoint's request body must have arrived within this long after its
     /// head; a slower one gets 408.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub body_read_timeout: Duration,
     /// Open client connections; more get a 503 and are closed (0: no limit).
     pub max_connections: usize,
@@ -54,41 +55,55 @@ impl Default for Limits {
 
 impl Limits {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_sse_line < 1024 {
-            return Err(ConfigError::invalid(
-                "limits.max_sse_line",
-                "must be at least 1024",
-            ));
-        }
-        if self.header_read_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "limits.header_read_timeout",
-                "must be greater than 0",
-            ));
-        }
-        if self.body_read_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "limits.body_read_timeout",
-                "must be greater than 0",
-            ));
-        }
-        if self.max_head_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "limits.max_head_bytes",
-                "must be at least 1024",
-            ));
-        }
+        let at_least = |name: &str, v: usize, min: usize, example: &str| {
+            if v < min {
+                return Err(ConfigError::invalid(
+                    format!("limits.{name}"),
+                    format!("must be at least {min}"),
+                )
+                .value(v.to_string())
+                .example(example));
+            }
+            Ok(())
+        };
+        at_least(
+            "max_sse_line",
+            self.max_sse_line,
+            1024,
+            "max_sse_line = 1048576",
+        )?;
+        at_least(
+            "max_head_bytes",
+            self.max_head_bytes,
+            1024,
+            "max_head_bytes = 65536",
+        )?;
+        at_least(
+            "max_request_body",
+            self.max_request_body,
+            1,
+            "max_request_body = 33554432",
+        )?;
+        positive(
+            "limits.header_read_timeout",
+            self.header_read_timeout,
+            "header_read_timeout = \"10s\"",
+        )?;
+        positive(
+            "limits.body_read_timeout",
+            self.body_read_timeout,
+            "body_read_timeout = \"30s\"",
+        )?;
         if self.max_buffered_bytes < self.max_request_body {
             return Err(ConfigError::invalid(
                 "limits.max_buffered_bytes",
-                "must be at least limits.max_request_body",
-            ));
-        }
-        if self.max_request_body == 0 {
-            return Err(ConfigError::invalid(
-                "limits.max_request_body",
-                "must be greater than 0",
-            ));
+                format!(
+                    "must be at least limits.max_request_body ({}): one whole request body must fit",
+                    self.max_request_body
+                ),
+            )
+            .value(self.max_buffered_bytes.to_string())
+            .example("max_buffered_bytes = 268435456"));
         }
         Ok(())
     }

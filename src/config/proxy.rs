@@ -70,10 +70,10 @@ impl ProxyConfig {
             if !p.starts_with('/') || wild.contains('*') || p.contains(['?', '#', ' ']) {
                 return Err(ConfigError::invalid(
                     format!("proxy.paths[{i}]"),
-                    format!(
-                        "{p:?} is not a path: `/v1/chat/completions`, or `/v1/models/*` for every path below"
-                    ),
-                ));
+                    "not a path: one path, or a path ending in /* for every path below it",
+                )
+                .value(super::error::quoted(p))
+                .example("paths = [\"/v1/chat/completions\", \"/v1/models/*\"]"));
             }
         }
         Ok(())

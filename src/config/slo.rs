@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::error::{duration, positive};
 
 /// The `[slo]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -14,10 +15,10 @@ pub struct SloConfig {
     /// Off: no SLO series are exported and the buckets are DESIGN.md's.
     pub enabled: bool,
     /// Time to first token a request must not exceed.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub ttft: Duration,
     /// Mean inter-token latency (the request's TPOT) it must not exceed.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::de::duration")]
     pub itl: Duration,
     /// Per-model thresholds, keyed by the `gen_ai_request_model` label value (`other`
     /// included); unset fields take the values above.
@@ -28,9 +29,9 @@ pub struct SloConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SloOverride {
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub ttft: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "super::de::opt_duration")]
     pub itl: Option<Duration>,
 }
 
@@ -67,33 +68,30 @@ impl SloConfig {
 
     /// Checks the thresholds and model keys; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: String, reason: &str| ConfigError::Invalid {
-            field,
-            reason: reason.to_string(),
-        };
-        let check = |field: String, d: Duration| {
-            if d.is_zero() {
-                Err(invalid(field, "must be greater than 0"))
-            } else if d > MAX_THRESHOLD {
-                Err(invalid(field, "must be at most 1h"))
-            } else {
-                Ok(())
+        let check = |field: String, d: Duration, example: &str| {
+            positive(field.clone(), d, example)?;
+            if d > MAX_THRESHOLD {
+                return Err(ConfigError::invalid(field, "must be at most 1h")
+                    .value(duration(d))
+                    .example(example));
             }
+            Ok(())
         };
-        check("slo.ttft".into(), self.ttft)?;
-        check("slo.itl".into(), self.itl)?;
+        check("slo.ttft".into(), self.ttft, "ttft = \"500ms\"")?;
+        check("slo.itl".into(), self.itl, "itl = \"50ms\"")?;
         for (model, o) in &self.models {
             if model.is_empty() || model.len() > 256 {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     format!("slo.models.{model:?}"),
                     "a model name of 1 to 256 bytes",
-                ));
+                )
+                .example("[slo.models.\"meta-llama/Llama-3.1-8B-Instruct\"]"));
             }
             if let Some(d) = o.ttft {
-                check(format!("slo.models.{model:?}.ttft"), d)?;
+                check(format!("slo.models.{model:?}.ttft"), d, "ttft = \"2s\"")?;
             }
             if let Some(d) = o.itl {
-                check(format!("slo.models.{model:?}.itl"), d)?;
+                check(format!("slo.models.{model:?}.itl"), d, "itl = \"80ms\"")?;
             }
         }
         Ok(())

@@ -7,11 +7,18 @@
 use std::fmt;
 
 use serde::Serialize;
+use std::io::IsTerminal as _;
+use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{Format, Json, Writer};
+
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::telemetry::LogStyle;
 
 /// The target of the access log.
 pub const TARGET: &str = "weir::access";
@@ -121,10 +128,17 @@ impl fmt::Display for AccessLine<'_> {
     }
 }
 
-/// The JSON log format, with the access line written as it was serialized.
+/// The log format: JSON lines, with the access line written as it was serialized, or
+/// readable lines (the access line's fields as `key=value`).
 pub struct LogFormat {
     json: Format<Json>,
+    /// Set for readable lines.
+    pretty: Option<Format<Full>>,
 }
+
+/// Fields whose value is JSON (a list, written with [`crate::telemetry::Json`]): a JSON line
+/// carries them as JSON, not as a string holding JSON.
+const JSON_FIELDS: [&str; 1] = ["models"];
 
 impl LogFormat {
     /// One flat JSON object a line, without span context.
@@ -134,7 +148,45 @@ impl LogFormat {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false);
-        LogFormat { json }
+        LogFormat { json, pretty: None }
+    }
+
+    /// JSON lines, or readable ones for [`LogStyle::Pretty`] (coloured on a terminal).
+    pub fn styled(style: LogStyle) -> LogFormat {
+        let pretty = (style == LogStyle::Pretty).then(|| {
+            tracing_subscriber::fmt::format()
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_target(true)
+        });
+        LogFormat {
+            pretty,
+            ..LogFormat::new()
+        }
+    }
+
+    /// A JSON line with the [`JSON_FIELDS`] it has written as JSON.
+    fn json_with_values<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: &mut Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let mut line = String::new();
+        self.json.format_event(ctx, Writer::new(&mut line), event)?;
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            return writer.write_str(&line);
+        };
+        for key in JSON_FIELDS {
+            let parsed = v[key].as_str().and_then(|s| serde_json::from_str(s).ok());
+            if let Some(parsed) = parsed {
+                v[key] = parsed;
+            }
+        }
+        writeln!(writer, "{v}")
     }
 }
 
@@ -155,31 +207,100 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if event.metadata().target() == TARGET {
-            let mut line = LineField {
-                writer: &mut writer,
-                written: None,
-            };
-            event.record(&mut line);
-            if let Some(written) = line.written {
-                written?;
-                return writeln!(writer);
+        let meta = event.metadata();
+        if meta.target() == TARGET {
+            if let Some(json) = line_of(event) {
+                return match &self.pretty {
+                    Some(_) => writeln!(writer, "{}", readable(&json)),
+                    None => writeln!(writer, "{json}"),
+                };
             }
+        }
+        if let Some(pretty) = &self.pretty {
+            return pretty.format_event(ctx, writer, event);
+        }
+        if JSON_FIELDS.iter().any(|f| meta.fields().field(f).is_some()) {
+            return self.json_with_values(ctx, &mut writer, event);
         }
         self.json.format_event(ctx, writer, event)
     }
 }
 
-/// Writes the `line` field of an access event as it is.
-struct LineField<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    written: Option<fmt::Result>,
+/// The access event's line (its JSON), if it is one.
+fn line_of(event: &Event<'_>) -> Option<String> {
+    let mut line = LineField(None);
+    event.record(&mut line);
+    line.0
 }
 
-impl Visit for LineField<'_, '_> {
+/// Takes the `line` field of an access event.
+struct LineField(Option<String>);
+
+impl Visit for LineField {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "line" && self.written.is_none() {
-            self.written = Some(write!(self.writer, "{value:?}"));
+        if field.name() == "line" && self.0.is_none() {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+/// An access line for a person: `time LEVEL target: message` and the request's fields as
+/// `key=value`, in the JSON line's order (a value with spaces or quotes is quoted).
+pub fn readable(json: &str) -> String {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(json) else {
+        return json.to_owned();
+    };
+    let text = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let mut out = format!(
+        "{}  {:>5} {}: {}",
+        text("timestamp"),
+        text("level"),
+        text("target"),
+        text("message")
+    );
+    for (k, v) in &m {
+        if matches!(k.as_str(), "timestamp" | "level" | "target" | "message") {
+            continue;
+        }
+        let v = match v {
+            serde_json::Value::String(s) if s.is_empty() || s.contains([' ', '"', '=']) => {
+                format!("{s:?}")
+            }
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v);
+    }
+    out
+}
+
+/// A layer that keeps the first access line in its slot, in the log's style, and then does
+/// nothing more than look at the slot.
+pub struct KeepFirst {
+    slot: &'static OnceLock<String>,
+    pretty: bool,
+}
+
+impl KeepFirst {
+    pub fn new(slot: &'static OnceLock<String>, style: LogStyle) -> KeepFirst {
+        KeepFirst {
+            slot,
+            pretty: style == LogStyle::Pretty,
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for KeepFirst {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if self.slot.get().is_some() || event.metadata().target() != TARGET {
+            return;
+        }
+        if let Some(json) = line_of(event) {
+            let line = if self.pretty { readable(&json) } else { json };
+            let _ = self.slot.set(line);
         }
     }
 }
@@ -190,21 +311,28 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    /// What the log subscriber writes for the access line and for another event.
-    fn written(line: &AccessLine<'_>) -> Vec<serde_json::Value> {
+    /// What the log subscriber writes, in `style`, for the access line and for two other
+    /// events.
+    fn text(line: &AccessLine<'_>, style: LogStyle) -> String {
         let out = Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = out.clone();
         let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .event_format(LogFormat::new())
+            .event_format(LogFormat::styled(style))
             .with_writer(move || Sink(sink.clone()));
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             line.emit();
             tracing::info!(target: "weir::gateway", addr = "127.0.0.1:1", "weir is serving");
+            let models = ["tiny-llama", "lora \"a\""];
+            let models = crate::telemetry::Json(&models);
+            tracing::info!(target: "weir::health", %models, "models discovered");
         });
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        text.lines()
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    fn written(line: &AccessLine<'_>) -> Vec<serde_json::Value> {
+        text(line, LogStyle::Json)
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     }
@@ -221,9 +349,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_access_line_is_one_flat_object_like_the_other_lines() {
-        let line = AccessLine {
+    fn example() -> AccessLine<'static> {
+        AccessLine {
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             span_id: "b7ad6b7169203331",
             request_id: "r-\"1\"",
@@ -257,10 +384,51 @@ mod tests {
             finish_reasons: "length",
             degraded: false,
             unmeasured: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_readable_line_has_the_fields_as_key_value_pairs() {
+        let text = text(&example(), LogStyle::Pretty);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let access = lines[0];
+        assert!(
+            access.contains(
+                "  INFO weir::access: request finished trace_id=0af7651916cd43dd8448eb211c80319c "
+            ),
+            "{access}"
+        );
+        for kv in [
+            " request_id=\"r-\\\"1\\\"\"",
+            " status=200 ",
+            " ttft_ms=21.5 ",
+            " finish_reasons=length ",
+        ] {
+            assert!(access.contains(kv), "{kv} in {access}");
+        }
+        assert!(!access.contains('{'), "{access}");
+        // The other events in tracing's own readable format.
+        assert!(
+            lines[1].contains("weir::gateway: weir is serving"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].contains("models=[\"tiny-llama\""), "{}", lines[2]);
+    }
+
+    #[test]
+    fn the_access_line_is_one_flat_object_like_the_other_lines() {
+        let line = example();
+
         let lines = written(&line);
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         let (access, other) = (&lines[0], &lines[1]);
+        // A list stays a list.
+        assert_eq!(
+            lines[2]["models"],
+            serde_json::json!(["tiny-llama", "lora \"a\""])
+        );
         let keys: Vec<&str> = access
             .as_object()
             .unwrap()

@@ -164,7 +164,30 @@ fn demo_runs_a_load_and_prints_the_summary() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], "40", "{row}");
     assert!(row.contains("ok="), "{row}");
-    assert!(stdout.contains("/metrics"));
+    // The goodput column: a share of the streamed requests, and its SLOs said below.
+    let goodput: f64 = cols[cols.len() - 1]
+        .strip_suffix('%')
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no goodput column: {row}"));
+    assert!(goodput > 0.0 && goodput <= 100.0, "{row}");
+    assert!(stdout.contains("goodput: the streamed requests that met both SLOs"));
+    // One access-log line, as the gateway writes it (JSON: stdout is not a terminal).
+    let mut lines = stdout.lines();
+    lines
+        .find(|l| l.starts_with("The access-log line of the first request"))
+        .unwrap_or_else(|| panic!("no access line:\n{stdout}"));
+    let access: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(access["message"], "request finished");
+    assert_eq!(access["model"], "tiny-llama");
+    assert_eq!(
+        access["trace_id"].as_str().map(str::len),
+        Some(32),
+        "{access}"
+    );
+    assert!(access["e2e_ms"].as_f64().is_some(), "{access}");
+    // Stopped: no link to a /metrics that is gone, but the way to keep it and watch it.
+    assert!(!stdout.contains("/metrics\n") && !stdout.contains("metrics: http"));
+    assert!(stdout.contains("--keep-serving") && stdout.contains("weir top"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("40/40"));
 }
 
@@ -258,4 +281,25 @@ async fn the_gateway_raises_its_open_file_limit_and_sizes_its_descriptor_table()
         .parse()
         .unwrap();
     assert!(fd_size >= 8192, "FDSize {fd_size}");
+}
+
+#[test]
+fn log_lines_are_readable_when_asked() {
+    let mut child = Child(
+        Command::new(WEIR)
+            .args(["sim", "--listen", "127.0.0.1:0", "--log-format", "pretty"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir sim starts"),
+    );
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(
+        first.contains(" INFO weir: simulator serving addr=127.0.0.1:") && !first.starts_with('{'),
+        "{first}"
+    );
 }

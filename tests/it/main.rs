@@ -9,6 +9,7 @@ mod backends;
 mod bench;
 mod cli;
 mod edge;
+mod errors;
 mod exemplars;
 mod gateway;
 mod hostile;

@@ -1,0 +1,33 @@
+//! What a reload cannot change: the fields read once, when the gateway starts (its
+//! listeners, the connection limits of its servers, the histogram buckets the SLO thresholds
+//! add, the trace and metric pipelines). A reload keeps their running values and names them.
+
+use super::Config;
+
+impl Config {
+    /// Puts back `running`'s value of every field fixed at start and returns the names of
+    /// those this config had changed: the reload applies the rest, and says which need a
+    /// restart.
+    pub fn keep_fixed_at_start(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($name:literal => $($field:ident).+),* $(,)?) => {$(
+                if self.$($field).+ != running.$($field).+ {
+                    changed.push($name);
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            )*};
+        }
+        keep! {
+            "listen" => listen,
+            "admin_listen" => admin_listen,
+            "shutdown_grace" => shutdown_grace,
+            "limits.max_connections" => limits.max_connections,
+            "limits.max_head_bytes" => limits.max_head_bytes,
+            "limits.header_read_timeout" => limits.header_read_timeout,
+            "slo" => slo,
+            "telemetry" => telemetry,
+        }
+        changed
+    }
+}
