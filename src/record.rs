@@ -17,6 +17,7 @@ use crate::metrics::{Exemplars, Ids, Metrics, Series};
 use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
 use crate::telemetry::access::AccessLine;
+use crate::telemetry::otel_metrics::{self, Labels, RequestMetrics};
 use crate::trace::RequestTrace;
 
 /// What is known of a request on its way: owned by whichever part of the stack has it,
@@ -41,6 +42,8 @@ pub struct Exchange {
     pub tenant: Option<Arc<str>>,
     /// Set when the gateway answered itself.
     pub answer: Option<Answer>,
+    /// The OTLP metrics, when they are on.
+    pub otel: Option<RequestMetrics>,
 }
 
 impl Exchange {
@@ -75,6 +78,7 @@ impl Exchange {
             admitted: None,
             tenant: None,
             answer: None,
+            otel: state.telemetry.request_metrics(),
         }
     }
 
@@ -138,6 +142,9 @@ impl Recorder for Exchange {
 
     fn gap(&self, gap: Duration) {
         self.series.itl.observe(secs(gap));
+        if let Some(o) = &self.otel {
+            o.gap(&self.labels(), gap);
+        }
     }
 
     /// Every metric, the access-log line and the spans of a finished request.
@@ -166,7 +173,10 @@ impl Recorder for Exchange {
             self.metrics.tenant_request(t, outcome.as_str());
         }
         let figures = Figures::of(w, m, outcome, e2e);
-        figures.observe(s, w, m, (ids, now));
+        figures.observe(s, w, (ids, now));
+        if let Some(o) = &self.otel {
+            o.finish(&self.labels(), &figures.otel(w, outcome));
+        }
         let finished = crate::slo::Finished {
             streamed_generation: w.stream && w.api.is_generation(),
             outcome,
@@ -210,12 +220,21 @@ struct Figures {
     itl_p50: Option<Duration>,
     itl_max: Option<Duration>,
     e2e: Duration,
+    /// Request sent upstream → first token; TTFT less it and the client's upload.
+    upstream_ttft: Option<Duration>,
+    overhead: Option<Duration>,
 }
 
 impl Figures {
     fn of(w: &Watch, m: &Measurement, outcome: Outcome, e2e: Duration) -> Figures {
         let since_t0 = |t: Instant| t.saturating_duration_since(w.t0);
         let ttft = m.first_token.map(since_t0);
+        let upstream_ttft = m.first_token.map(|t| t.saturating_duration_since(w.sent));
+        // The gateway's own time: not the client's upload of its body.
+        let upload = w.body_done.saturating_duration_since(w.t0);
+        let overhead = ttft
+            .zip(upstream_ttft)
+            .map(|(t, up)| t.saturating_sub(up).saturating_sub(upload));
         let reported = m.usage.filter(|u| u.has_output());
         let estimated = reported.is_none() && w.api.is_generation() && w.stream;
         let output = match reported {
@@ -244,26 +263,23 @@ impl Figures {
             itl_p50: m.gaps.median(),
             itl_max: m.gaps.max(),
             e2e,
+            upstream_ttft,
+            overhead,
         }
     }
 
-    /// The latency and token series.
     /// The latency and token series, each latency with this request as its bucket's
     /// exemplar (`ex`: its ids, and now on the wall clock).
-    fn observe(&self, s: &Series, w: &Watch, m: &Measurement, ex: (Ids, f64)) {
+    fn observe(&self, s: &Series, w: &Watch, ex: (Ids, f64)) {
         let (ids, now) = ex;
         let latency = |h: &prometheus::Histogram, e: &Exemplars, d: Duration| {
             h.observe(secs(d));
             e.record(secs(d), ids, now);
         };
-        if let (Some(ttft), Some(first)) = (self.ttft, m.first_token) {
+        if let (Some(ttft), Some(up), Some(over)) = (self.ttft, self.upstream_ttft, self.overhead) {
             latency(&s.ttft, &s.ex.ttft, ttft);
-            let upstream = first.saturating_duration_since(w.sent);
-            latency(&s.upstream_ttft, &s.ex.upstream_ttft, upstream);
-            // The gateway's own time: not the client's upload of its body.
-            let upload = w.body_done.saturating_duration_since(w.t0);
-            let overhead = ttft.saturating_sub(upstream).saturating_sub(upload);
-            latency(&s.overhead, &s.ex.overhead, overhead);
+            latency(&s.upstream_ttft, &s.ex.upstream_ttft, up);
+            latency(&s.overhead, &s.ex.overhead, over);
         }
         if let Some(t) = self.ttfat {
             latency(&s.ttfat, &s.ex.ttfat, t);
@@ -287,9 +303,35 @@ impl Figures {
             latency(&s.tpot, &s.ex.tpot, t);
         }
     }
+
+    /// The same figures for the OTLP metrics.
+    fn otel(&self, w: &Watch, outcome: Outcome) -> otel_metrics::Finished {
+        otel_metrics::Finished {
+            outcome: outcome.as_str(),
+            e2e: self.e2e,
+            ttft: self.ttft,
+            ttfat: self.ttfat,
+            tpot: self.tpot,
+            upstream_ttft: self.upstream_ttft,
+            overhead: self.overhead,
+            input: self.input,
+            output: self.output.filter(|_| w.api.is_generation()),
+            cache_read: self.cache_read.unwrap_or(0),
+            reasoning: self.reasoning.unwrap_or(0),
+        }
+    }
 }
 
 impl Exchange {
+    /// The request's labels, for the OTLP metrics.
+    fn labels(&self) -> Labels<'_> {
+        Labels {
+            series: &self.series,
+            operation: self.watch.api.operation(),
+            backend: &self.backend,
+        }
+    }
+
     /// `weir_errors_total` for what the body showed (the gateway's own answers were counted
     /// when they were given).
     fn count_errors(&self, m: &Measurement, outcome: Outcome) {

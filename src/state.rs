@@ -55,7 +55,7 @@ impl Drop for Admitted {
 impl AppState {
     /// Starts the trace pipeline (on the current runtime) and builds the backend pool.
     pub fn new(config: Config, metrics: Metrics) -> AppState {
-        let telemetry = Telemetry::start(&config.telemetry, &metrics);
+        let telemetry = Telemetry::start(&config.telemetry, &config.slo, &metrics);
         let buffered = Budget::new(config.limits.max_buffered_bytes);
         let shared = Shared::new(config, None, &metrics);
         AppState {

@@ -2,7 +2,8 @@
 //! `weir::access` in `telemetry/access.rs`, the rest filtered by `RUST_LOG`) and the OTLP trace
 //! pipeline — the `[telemetry]` config and its `OTEL_*` variables, the exporter (gRPC or
 //! HTTP/protobuf) and the bounded span queue (`telemetry/queue.rs`). The spans of each request
-//! are made in `trace.rs`.
+//! are made in `trace.rs`. Beside it, when turned on, the OTLP metrics pipeline
+//! (`telemetry/otel_metrics.rs`): the measurements of `/metrics`, pushed to a collector.
 //!
 //! The request spans use the OpenTelemetry API directly, not `tracing` spans bridged by
 //! tracing-opentelemetry: each gateway owns its tracer provider (tests run several gateways,
@@ -17,9 +18,11 @@
 //! global subscriber that the running gateway fills in (`Telemetry::bridge_tracing`).
 
 pub mod access;
+pub mod otel_metrics;
 mod queue;
 
-use std::sync::Mutex;
+use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -36,10 +39,12 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
 
-use crate::config::{Protocol, SamplerKind, TelemetryConfig};
+use crate::config::{Protocol, SamplerKind, SloConfig, TelemetryConfig};
 use crate::labels::Operation;
 use crate::metrics::Metrics;
 use crate::trace::RequestTrace;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use otel_metrics::{Instruments, RequestMetrics};
 use queue::{Dropped, QueueConfig, QueueHandle};
 
 /// The bridge from `tracing` spans to OpenTelemetry; empty until a gateway with traces on
@@ -145,15 +150,22 @@ struct Pipeline {
 
 impl Telemetry {
     /// Registers `weir_telemetry_dropped_spans_total` in `metrics` and, when the config
-    /// enables traces, starts the exporter on the current tokio runtime. A pipeline that
-    /// cannot start is logged and the gateway runs without traces: traces never stop traffic.
-    pub fn start(config: &TelemetryConfig, metrics: &Metrics) -> Telemetry {
+    /// enables traces, starts the exporter on the current tokio runtime; when it enables
+    /// metrics, the metrics pipeline (with `slo`'s thresholds in the bucket bounds). A pipeline
+    /// that cannot start is logged and the gateway runs without it: telemetry never stops
+    /// traffic.
+    pub fn start(config: &TelemetryConfig, slo: &SloConfig, metrics: &Metrics) -> Telemetry {
         let dropped = Dropped::register(metrics.registry());
         let mut telemetry = Telemetry {
             tracer: None,
             pipeline: Mutex::new(None),
+            instruments: None,
+            meters: Mutex::new(None),
             export_timeout: config.export_timeout,
         };
+        if config.metrics {
+            telemetry.start_metrics(config, slo);
+        }
         if !config.enabled {
             return telemetry;
         }
@@ -173,6 +185,29 @@ impl Telemetry {
             }
         }
         telemetry
+    }
+
+    fn start_metrics(&mut self, config: &TelemetryConfig, slo: &SloConfig) {
+        match otel_metrics::start(config, slo, resource(config)) {
+            Ok((instruments, provider)) => {
+                tracing::info!(
+                    endpoint = %config.metrics_endpoint(),
+                    protocol = config.metrics_protocol().as_str(),
+                    interval_ms = config.metrics_interval.as_millis() as u64,
+                    "exporting metrics over OTLP"
+                );
+                self.instruments = Some(instruments);
+                self.meters = Mutex::new(Some(provider));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start the metric exporter; running without it")
+            }
+        }
+    }
+
+    /// A request's handle on the OTLP metrics, when they are on.
+    pub fn request_metrics(&self) -> Option<RequestMetrics> {
+        self.instruments.clone().map(RequestMetrics::new)
     }
 
     /// Sends weir's own `tracing` spans (health checks, reloads) through this pipeline too,
@@ -199,8 +234,25 @@ impl Telemetry {
     }
 
     /// Exports every span ended so far and stops the pipeline (at most twice the export
-    /// timeout). Spans that end later are dropped and counted.
+    /// timeout). Spans that end later are dropped and counted. Then exports the metrics a last
+    /// time and stops their pipeline (as long again at most).
     pub async fn shutdown(&self) {
+        self.shutdown_traces().await;
+        let meters = self.meters.lock().ok().and_then(|mut m| m.take());
+        if let Some(provider) = meters {
+            // The reader's thread exports; the wait for it blocks, so not on the runtime.
+            let last = tokio::task::spawn_blocking(move || provider.shutdown());
+            match tokio::time::timeout(self.export_timeout * 2, last).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(%error, "the last metric export failed")
+                }
+                _ => tracing::warn!("metric export did not finish before shutdown"),
+            }
+        }
+    }
+
+    async fn shutdown_traces(&self) {
         let pipeline = self.pipeline.lock().ok().and_then(|mut p| p.take());
         if let Some(Pipeline { provider, queue }) = pipeline {
             if !queue.shutdown(self.export_timeout * 2).await {
@@ -231,11 +283,7 @@ fn pipeline(config: &TelemetryConfig, dropped: Dropped) -> Result<(SdkTracer, Pi
             .build(),
     }
     .map_err(|e| e.to_string())?;
-    let resource = Resource::builder_empty()
-        .with_detector(Box::new(TelemetryResourceDetector))
-        .with_service_name(config.service_name.clone())
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
+    let resource = resource(config);
     let mut exporter = exporter;
     exporter.set_resource(&resource);
     let (processor, queue) = queue::start(
@@ -258,6 +306,15 @@ fn pipeline(config: &TelemetryConfig, dropped: Dropped) -> Result<(SdkTracer, Pi
         .build();
     let tracer = provider.tracer_with_scope(scope);
     Ok((tracer, Pipeline { provider, queue }))
+}
+
+/// `service.name`, `service.version` and the SDK's name and version: of spans and metrics.
+fn resource(config: &TelemetryConfig) -> Resource {
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 fn sampler(config: &TelemetryConfig) -> Sampler {

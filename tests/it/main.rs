@@ -17,6 +17,7 @@ mod inspect_props;
 mod limits;
 mod observer;
 mod ops;
+mod otlp_metrics;
 mod sim;
 mod traces;
 mod traces_export;

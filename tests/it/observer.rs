@@ -193,6 +193,7 @@ fn exchange_for(
         admitted: None,
         tenant: None,
         answer: None,
+        otel: None,
     }
 }
 

@@ -1,8 +1,10 @@
-//! A real OTLP trace receiver for the tests, on 127.0.0.1:0: gRPC (tonic's TraceService from
-//! opentelemetry-proto) or HTTP/protobuf (`POST /v1/traces` on a hyper server). Every decoded
-//! span goes on a channel the test awaits.
+//! A real OTLP receiver for the tests, on 127.0.0.1:0: gRPC (tonic's TraceService and
+//! MetricsService from opentelemetry-proto) or HTTP/protobuf (`POST /v1/traces` and
+//! `/v1/metrics` on a hyper server). Every decoded span, and every metrics export request,
+//! goes on a channel the test awaits.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,13 +14,25 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
+};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -34,8 +48,28 @@ pub struct Received {
 pub struct Collector {
     pub addr: SocketAddr,
     pub endpoint: String,
+    /// Where metrics go (`/v1/metrics` over HTTP).
+    pub metrics_endpoint: String,
     pub protocol: &'static str,
     rx: mpsc::UnboundedReceiver<Received>,
+    metrics_rx: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
+}
+
+/// The senders the services push on.
+#[derive(Clone)]
+struct Sinks {
+    spans: mpsc::UnboundedSender<Received>,
+    metrics: mpsc::UnboundedSender<ExportMetricsServiceRequest>,
+}
+
+fn sinks() -> (
+    Sinks,
+    mpsc::UnboundedReceiver<Received>,
+    mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
+) {
+    let (spans, rx) = mpsc::unbounded_channel();
+    let (metrics, metrics_rx) = mpsc::unbounded_channel();
+    (Sinks { spans, metrics }, rx, metrics_rx)
 }
 
 fn push(tx: &mpsc::UnboundedSender<Received>, req: ExportTraceServiceRequest) {
@@ -76,10 +110,20 @@ impl TraceService for Grpc {
     }
 }
 
-async fn http_export(
-    tx: mpsc::UnboundedSender<Received>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+struct GrpcMetrics(mpsc::UnboundedSender<ExportMetricsServiceRequest>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn http_export(tx: Sinks, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: Vec<u8>| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;
@@ -87,19 +131,29 @@ async fn http_export(
             .insert("content-type", "application/x-protobuf".parse().unwrap());
         res
     };
-    if req.uri().path() != "/v1/traces" || req.method() != http::Method::POST {
+    let path = req.uri().path().to_string();
+    if req.method() != http::Method::POST {
         return reply(StatusCode::NOT_FOUND, Vec::new());
     }
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(r) => {
-            push(&tx, r);
-            reply(
-                StatusCode::OK,
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-        }
-        Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
+    match path.as_str() {
+        "/v1/traces" => match ExportTraceServiceRequest::decode(body) {
+            Ok(r) => {
+                push(&tx.spans, r);
+                let ok = ExportTraceServiceResponse::default();
+                reply(StatusCode::OK, ok.encode_to_vec())
+            }
+            Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
+        },
+        "/v1/metrics" => match ExportMetricsServiceRequest::decode(body) {
+            Ok(r) => {
+                let _ = tx.metrics.send(r);
+                let ok = ExportMetricsServiceResponse::default();
+                reply(StatusCode::OK, ok.encode_to_vec())
+            }
+            Err(_) => reply(StatusCode::BAD_REQUEST, Vec::new()),
+        },
+        _ => reply(StatusCode::NOT_FOUND, Vec::new()),
     }
 }
 
@@ -108,16 +162,19 @@ impl Collector {
     pub async fn grpc() -> Collector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx, metrics_rx) = sinks();
         let server = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Grpc(tx)))
+            .add_service(TraceServiceServer::new(Grpc(tx.spans)))
+            .add_service(MetricsServiceServer::new(GrpcMetrics(tx.metrics)))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
         tokio::spawn(server);
         Collector {
             addr,
             endpoint: format!("http://{addr}"),
+            metrics_endpoint: format!("http://{addr}"),
             protocol: "grpc",
             rx,
+            metrics_rx,
         }
     }
 
@@ -125,7 +182,7 @@ impl Collector {
     pub async fn http() -> Collector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx, metrics_rx) = sinks();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -146,8 +203,32 @@ impl Collector {
         Collector {
             addr,
             endpoint: format!("http://{addr}/v1/traces"),
+            metrics_endpoint: format!("http://{addr}/v1/metrics"),
             protocol: "http/protobuf",
             rx,
+            metrics_rx,
+        }
+    }
+
+    /// The next metrics export request received, waiting at most 10 s.
+    pub async fn next_metrics(&mut self) -> ExportMetricsServiceRequest {
+        tokio::time::timeout(Duration::from_secs(10), self.metrics_rx.recv())
+            .await
+            .expect("a metrics export within 10 s")
+            .expect("collector running")
+    }
+
+    /// The first metrics export (cumulative: everything so far) for which `cond` holds,
+    /// waiting at most 10 s for each.
+    pub async fn metrics_until(
+        &mut self,
+        mut cond: impl FnMut(&ExportMetricsServiceRequest) -> bool,
+    ) -> ExportMetricsServiceRequest {
+        loop {
+            let r = self.next_metrics().await;
+            if cond(&r) {
+                return r;
+            }
         }
     }
 
@@ -179,6 +260,86 @@ impl Collector {
         }
         out
     }
+}
+
+/// The metric `name` of an export.
+pub fn metric<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> &'a Metric {
+    let all = || {
+        r.resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+    };
+    all().find(|m| m.name == name).unwrap_or_else(|| {
+        let names: Vec<_> = all().map(|m| &m.name).collect();
+        panic!("no {name} among {names:?}")
+    })
+}
+
+/// Attributes by key, string values as they are and others in debug form.
+pub fn attr_map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+/// The histogram's points, checked cumulative.
+pub fn histogram(m: &Metric) -> &[HistogramDataPoint] {
+    match &m.data {
+        Some(Data::Histogram(h)) => {
+            assert_eq!(
+                h.aggregation_temporality,
+                AggregationTemporality::Cumulative as i32,
+                "{}",
+                m.name
+            );
+            &h.data_points
+        }
+        other => panic!("{} is not a histogram: {other:?}", m.name),
+    }
+}
+
+/// The monotonic sum's points, checked cumulative.
+pub fn counter(m: &Metric) -> &[NumberDataPoint] {
+    match &m.data {
+        Some(Data::Sum(s)) => {
+            assert!(s.is_monotonic, "{}", m.name);
+            assert_eq!(
+                s.aggregation_temporality,
+                AggregationTemporality::Cumulative as i32,
+                "{}",
+                m.name
+            );
+            &s.data_points
+        }
+        other => panic!("{} is not a sum: {other:?}", m.name),
+    }
+}
+
+/// A counter point's value.
+pub fn int_value(p: &NumberDataPoint) -> u64 {
+    match p.value {
+        Some(Number::AsInt(i)) => u64::try_from(i).unwrap(),
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// The counter `name`, all points together; 0 before it has any.
+pub fn counter_total(r: &ExportMetricsServiceRequest, name: &str) -> u64 {
+    r.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == name)
+        .flat_map(counter)
+        .map(int_value)
+        .sum()
 }
 
 /// Lower-case hex of an id.
