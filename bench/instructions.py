@@ -9,12 +9,22 @@ the cost of a request. The first build is the baseline; the others are given as 
 
     python3 bench/instructions.py                              # target/release/weir alone
     python3 bench/instructions.py --build base=/tmp/old/weir --build new=target/release/weir
+    # one binary, with and without OTLP metrics (pushed every second to a local sink)
+    python3 bench/instructions.py --build off=target/release/weir --build otlp=target/release/weir \
+        --env otlp:OTEL_METRICS_EXPORTER=otlp --env otlp:OTEL_METRIC_EXPORT_INTERVAL=1000 \
+        --env otlp:OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/protobuf \
+        --env otlp:OTEL_EXPORTER_OTLP_METRICS_ENDPOINT={sink}/v1/metrics
+
+`{sink}` in an --env value is the URL of an HTTP server started here that answers every POST
+with 200 and an empty body (an OTLP/HTTP receiver that keeps nothing).
 
 Needs valgrind (`apt-get install valgrind`). The simulator and the load run outside valgrind.
 """
 
 import argparse
 import glob
+import http.server
+import threading
 import os
 import re
 import shutil
@@ -43,7 +53,29 @@ def wait_ready(port, timeout=60):
     sys.exit("the gateway under valgrind did not become ready")
 
 
-def count(build, sim_port, max_tokens, args, tmp):
+class Sink(http.server.BaseHTTPRequestHandler):
+    """Takes a POST, reads its body and answers 200 with nothing."""
+    posts = 0
+
+    def do_POST(self):
+        Sink.posts += 1
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+def start_sink():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def count(build, sim_port, max_tokens, args, tmp, env):
     """Instructions weir executed while serving args.requests requests of max_tokens tokens."""
     port, admin = free_port(), free_port()
     out = os.path.join(tmp, f"cg.{max_tokens}.out")
@@ -51,7 +83,7 @@ def count(build, sim_port, max_tokens, args, tmp):
            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
            "--backend", f"http://127.0.0.1:{sim_port}", "--model", "tiny-llama"]
     gw = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=dict(os.environ, RUST_LOG="info"))
+                          env=dict(os.environ, RUST_LOG="info", **env))
     try:
         wait_ready(admin)
         load = [WEIR, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
@@ -82,12 +114,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", action="append", default=[],
                     help="NAME=PATH of a weir binary; repeat; the first is the baseline")
+    ap.add_argument("--env", action="append", default=[],
+                    help="NAME:KEY=VALUE: an environment variable for build NAME; repeat")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed: apt-get install valgrind")
     builds = [b.split("=", 1) for b in args.build] or [["weir", WEIR]]
+    sink, sink_url = start_sink()
+    envs = {}
+    for e in args.env:
+        name, kv = e.split(":", 1)
+        key, value = kv.split("=", 1)
+        envs.setdefault(name, {})[key] = value.replace("{sink}", sink_url)
     tmp = tempfile.mkdtemp(prefix="weir-instr-")
     sim_port = free_port()
     # The simulator: 5 ms to the first token, 2 ms between tokens.
@@ -97,19 +137,23 @@ def main():
     try:
         wait_port(sim_port)
         for name, path in builds:
-            short = count(path, sim_port, 2, args, tmp)
-            long = count(path, sim_port, 32, args, tmp)
+            env = envs.get(name, {})
+            short = count(path, sim_port, 2, args, tmp, env)
+            long = count(path, sim_port, 32, args, tmp, env)
             per_token = (long - short) / (args.requests * 30)
             per_request = short / args.requests - 2 * per_token
             rows.append((name, per_request, per_token))
     finally:
         stop_all([sim], 10)
+        sink.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]
     print(f"{args.requests} streamed chat requests, {args.concurrency} at a time; instructions (callgrind Ir)")
     print(f"{'build':<12} {'per request':>12} {'ratio':>7} {'per token':>10} {'ratio':>7}")
     for name, req, tok in rows:
         print(f"{name:<12} {req:>12,.0f} {req / base[1]:>7.3f} {tok:>10,.0f} {tok / base[2]:>7.3f}")
+    if Sink.posts:
+        print(f"the sink took {Sink.posts} POSTs")
 
 
 if __name__ == "__main__":
