@@ -177,7 +177,7 @@ def measure(name, url, pid, level, args, tmp):
         sys.exit(f"weir bench failed against {name}")
     cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
     with open(out) as f:
-        r = json.load(f)[0]
+        r = json.load(f)["runs"][0]
     return {"target": name, "level": level, "cpu": cpu, "rss": peak, "report": r}
 
 

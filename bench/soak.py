@@ -143,7 +143,7 @@ passive_failures = 0
             if p.returncode != 0:
                 sys.exit(f"load {name} failed")
             with open(out) as f:
-                r = json.load(f)[0]
+                r = json.load(f)["runs"][0]
             sent += r["requests"]
             errors += r["errors"]
             print(f"{name:<13} {r['requests']:>7} requests  {r['errors']:>6} errors seen by the client")

@@ -281,7 +281,7 @@ async fn weir_bench_agrees_with_the_gateway_on_responses_and_messages() {
     for (api, n) in [(Api::Responses, 12.0), (Api::Messages, 24.0)] {
         let args = BenchArgs {
             url: format!("http://{}", gw.addr),
-            model: "tiny-llama".into(),
+            model: Some("tiny-llama".into()),
             api,
             prompt_tokens: 16,
             max_tokens: 7,

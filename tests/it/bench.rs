@@ -9,7 +9,7 @@ use weir_sim::SimConfig;
 fn args(url: String) -> BenchArgs {
     BenchArgs {
         url,
-        model: "tiny-llama".into(),
+        model: Some("tiny-llama".into()),
         concurrency: None,
         rate: None,
         sweep: vec![],
@@ -23,8 +23,11 @@ fn args(url: String) -> BenchArgs {
         warmup: Duration::ZERO,
         ramp_up: Duration::ZERO,
         headers: vec![],
+        timeout: Duration::from_secs(60),
         slo: None,
+        max_error_rate: None,
         json: None,
+        report: None,
     }
 }
 

@@ -59,10 +59,10 @@ fn prompt(tokens: usize) -> String {
 
 /// The body of every request of a run. `ignore_eos` goes to every generation API (vLLM
 /// honours it on chat and completions and ignores it elsewhere; `weir sim` honours it on all).
-pub(crate) fn request_body(args: &BenchArgs, api: Api) -> serde_json::Value {
+pub(crate) fn request_body(args: &BenchArgs, api: Api, model: &str) -> serde_json::Value {
     let prompt = prompt(args.prompt_tokens);
     let stream = !args.no_stream && api.streams();
-    let (model, max) = (&args.model, args.max_tokens);
+    let max = args.max_tokens;
     let messages = serde_json::json!([{"role": "user", "content": prompt}]);
     let mut body = match api {
         Api::Embeddings => return serde_json::json!({"model": model, "input": prompt}),
@@ -96,25 +96,25 @@ mod tests {
             max_tokens: 7,
             ..BenchArgs::default()
         };
-        let b = request_body(&args, Api::Responses);
+        let b = request_body(&args, Api::Responses, "tiny-llama");
         assert_eq!(
             (&b["input"], &b["max_output_tokens"], &b["stream"]),
             (&"weir river flow".into(), &7.into(), &true.into())
         );
         assert!(b.get("stream_options").is_none());
-        let b = request_body(&args, Api::Messages);
+        let b = request_body(&args, Api::Messages, "tiny-llama");
         assert_eq!(b["messages"][0]["content"], "weir river flow");
         assert_eq!((&b["max_tokens"], &b["stream"]), (&7.into(), &true.into()));
-        let b = request_body(&args, Api::Embeddings);
+        let b = request_body(&args, Api::Embeddings, "tiny-llama");
         assert_eq!(b.as_object().unwrap().len(), 2);
         assert_eq!(b["input"], "weir river flow");
-        let b = request_body(&args, Api::Chat);
+        let b = request_body(&args, Api::Chat, "tiny-llama");
         assert_eq!(b["stream_options"]["include_usage"], true);
         let whole = BenchArgs {
             no_stream: true,
             ..args
         };
-        let b = request_body(&whole, Api::Completions);
+        let b = request_body(&whole, Api::Completions, "tiny-llama");
         assert_eq!(
             (&b["stream"], b.get("stream_options")),
             (&false.into(), None)

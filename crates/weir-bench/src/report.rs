@@ -1,10 +1,13 @@
-//! `weir bench` results: percentiles, throughput and goodput, as a table and as JSON.
+//! `weir bench` results: percentiles, throughput, goodput and the causes of errors, as a
+//! table and as JSON.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cause::{CauseCount, tally};
+use super::points::Points;
 use super::{Load, Sample};
 
 /// Goodput thresholds: a request is "good" when it meets every one that is set.
@@ -48,7 +51,8 @@ impl Slo {
         let worst_gap = s.itl.iter().copied().fold(None, |m: Option<f64>, g| {
             Some(m.map_or(g as f64, |m| m.max(g as f64)))
         });
-        s.ok && under(self.ttft, s.ttft)
+        s.ok()
+            && under(self.ttft, s.ttft)
             && under(self.tpot, s.tpot.or(Some(0.0)))
             && under(self.itl, worst_gap.or(Some(0.0)))
             && under(self.e2e, Some(s.e2e))
@@ -94,6 +98,8 @@ pub struct Report {
     pub duration_s: f64,
     pub requests: usize,
     pub errors: usize,
+    /// The errors by cause, most frequent first (bounded: see [`tally`]).
+    pub errors_by_cause: Vec<CauseCount>,
     pub request_throughput: f64,
     pub output_token_throughput: f64,
     pub input_tokens: u64,
@@ -105,6 +111,14 @@ pub struct Report {
     pub slo: Option<Slo>,
     pub goodput: Option<f64>,
     pub good_requests: Option<usize>,
+    /// What the charts of `--report` draw (not in the JSON).
+    #[serde(skip)]
+    pub points: Points,
+}
+
+/// Token counts as the server reports them, summed: a usage of `u64::MAX` must not wrap.
+fn saturating_sum(counts: impl Iterator<Item = u64>) -> u64 {
+    counts.fold(0, u64::saturating_add)
 }
 
 pub fn describe(load: Load) -> String {
@@ -117,8 +131,8 @@ pub fn describe(load: Load) -> String {
 impl Report {
     pub fn new(load: Load, samples: &[Sample], elapsed: Duration, slo: Option<&Slo>) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
-        let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
-        let output_tokens: u64 = ok.iter().map(|s| s.output_tokens).sum();
+        let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok()).collect();
+        let output_tokens = saturating_sum(ok.iter().map(|s| s.output_tokens));
         let good = slo.map(|slo| samples.iter().filter(|s| slo.met(s)).count());
         Report {
             load: describe(load),
@@ -133,9 +147,10 @@ impl Report {
             duration_s: secs,
             requests: samples.len(),
             errors: samples.len() - ok.len(),
+            errors_by_cause: tally(samples.iter().filter_map(|s| s.error.as_ref())),
             request_throughput: ok.len() as f64 / secs,
             output_token_throughput: output_tokens as f64 / secs,
-            input_tokens: ok.iter().map(|s| s.input_tokens).sum(),
+            input_tokens: saturating_sum(ok.iter().map(|s| s.input_tokens)),
             output_tokens,
             ttft: Stats::of(ok.iter().filter_map(|s| s.ttft).collect()),
             tpot: Stats::of(ok.iter().filter_map(|s| s.tpot).collect()),
@@ -148,7 +163,13 @@ impl Report {
             slo: slo.cloned(),
             goodput: good.map(|g| g as f64 / secs),
             good_requests: good,
+            points: Points::of(samples),
         }
+    }
+
+    /// The cause of most errors, if any.
+    pub fn top_cause(&self) -> Option<&str> {
+        self.errors_by_cause.first().map(|c| c.cause.as_str())
     }
 
     /// The human-readable table.
@@ -189,6 +210,12 @@ impl Report {
                 self.requests
             ));
         }
+        if !self.errors_by_cause.is_empty() {
+            out.push_str("errors by cause:\n");
+            for c in &self.errors_by_cause {
+                out.push_str(&format!("{:>10}  {}\n", c.count, c.cause));
+            }
+        }
         out
     }
 }
@@ -205,7 +232,6 @@ mod tests {
         assert!("ttft=fast".parse::<Slo>().is_err());
         assert!("queue=1s".parse::<Slo>().is_err());
         let good = Sample {
-            ok: true,
             ttft: Some(0.1),
             itl: vec![0.01, 0.04],
             e2e: 1.0,
@@ -217,8 +243,29 @@ mod tests {
             ..good.clone()
         };
         assert!(!slo.met(&stall));
-        let failed = Sample { ok: false, ..good };
+        let failed = Sample {
+            error: Some(crate::cause::Failure::stream(
+                "stream ended without its end event",
+            )),
+            ..good
+        };
         assert!(!slo.met(&failed));
+    }
+
+    #[test]
+    fn absurd_usage_saturates() {
+        let huge = Sample {
+            output_tokens: u64::MAX,
+            input_tokens: u64::MAX,
+            ..Sample::default()
+        };
+        let r = Report::new(
+            Load::Closed(1),
+            &[huge.clone(), huge],
+            Duration::from_secs(1),
+            None,
+        );
+        assert_eq!((r.output_tokens, r.input_tokens), (u64::MAX, u64::MAX));
     }
 
     #[test]

@@ -139,7 +139,7 @@ async fn reasoning_and_tool_call_deltas_are_tokens() {
 }
 
 #[tokio::test]
-async fn completions_flag_is_an_alias_and_errors_count() {
+async fn completions_flag_is_an_alias_and_errors_count_by_cause() {
     let s = sim().await;
     let a = BenchArgs {
         completions: true,
@@ -150,11 +150,18 @@ async fn completions_flag_is_an_alias_and_errors_count() {
     // An unknown model: every request an error, on the Anthropic-shaped route too.
     for api in [Api::Messages, Api::Responses, Api::Embeddings] {
         let a = BenchArgs {
-            model: "nope".into(),
+            model: Some("nope".into()),
             ..args(&s, api)
         };
         let r = run_load(&a, Load::Closed(2)).await.unwrap();
         assert_eq!(r.errors, REQUESTS, "{api:?}");
+        // vLLM's message, whichever shape the route answers in.
+        assert_eq!(r.errors_by_cause.len(), 1, "{api:?}");
+        assert_eq!(
+            r.errors_by_cause[0].cause,
+            "HTTP 404: The model `nope` does not exist. Valid aliases: tiny-llama.",
+            "{api:?}"
+        );
     }
     s.stop().await;
 }
