@@ -79,6 +79,8 @@ enum Command {
     Demo(weir::demo::DemoArgs),
     /// Load-test an OpenAI-compatible endpoint and report TTFT, ITL, TPOT, e2e and goodput.
     Bench(weir_bench::BenchArgs),
+    /// Watch running gateways: per model and backend rates, latencies, errors, live.
+    Top(weir_top::TopArgs),
     /// Validate a config file with the flags the gateway will run with, without starting it.
     #[command(after_help = "Examples:\n  \
         weir check --config config/weir.toml\n  \
@@ -104,6 +106,8 @@ fn main() -> ExitCode {
             prepare_fds(None);
             run(weir_bench::run(args))
         }
+        // No logging: a log line would garble the screen the view draws on.
+        Some(Command::Top(args)) => run(weir_top::run(args)),
         Some(Command::Demo(args)) => {
             weir::telemetry::init_demo_logging("warn", cli.log_format);
             run(weir::demo::run(args))
