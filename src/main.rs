@@ -74,12 +74,26 @@ struct GatewayArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the vLLM simulator.
+    #[command(after_help = "Examples:\n  \
+        weir sim --listen 127.0.0.1:8000\n  \
+        weir sim --listen 127.0.0.1:8000 --ttft 200ms --itl 20ms --model meta-llama/Llama-3.1-8B-Instruct")]
     Sim(weir_sim::SimConfig),
     /// Run the simulator and the gateway in one process with a short load, then summarise.
+    #[command(after_help = "Examples:\n  \
+        weir demo\n  \
+        weir demo --requests 1000 --concurrency 64 --keep-serving")]
     Demo(weir::demo::DemoArgs),
     /// Load-test an OpenAI-compatible endpoint and report TTFT, ITL, TPOT, e2e and goodput.
+    #[command(after_help = "Examples:\n  \
+        weir bench --url http://127.0.0.1:8080 --concurrency 16 --duration 60s\n  \
+        weir bench --url http://127.0.0.1:8080 --sweep 16,64,256 --slo ttft=200ms,itl=50ms --report report.html\n  \
+        weir bench --url http://127.0.0.1:8080 --rate 20 --no-stream --max-error-rate 0.01 --json run.json")]
     Bench(weir_bench::BenchArgs),
     /// Watch running gateways: per model and backend rates, latencies, errors, live.
+    #[command(after_help = "Examples:\n  \
+        weir top\n  \
+        weir top --admin http://10.0.0.7:9464 --admin http://10.0.0.8:9464\n  \
+        weir top --admin http://127.0.0.1:9464 --once")]
     Top(weir_top::TopArgs),
     /// Validate a config file with the flags the gateway will run with, without starting it.
     #[command(after_help = "Examples:\n  \

@@ -303,3 +303,47 @@ fn log_lines_are_readable_when_asked() {
         "{first}"
     );
 }
+
+/// Every help page: a description for each option, and examples.
+#[test]
+fn every_help_page_describes_each_option_and_shows_examples() {
+    for sub in [
+        &[][..],
+        &["check"],
+        &["sim"],
+        &["demo"],
+        &["bench"],
+        &["top"],
+    ] {
+        let out = Command::new(WEIR).args(sub).arg("-h").output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("\nExamples:\n  weir"),
+            "{sub:?}: no examples\n{help}"
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with('-') {
+                continue;
+            }
+            // `  -c, --config <CONFIG>   TOML config file ...`: the flag, then its description,
+            // on the same line or (when clap lays the page out so) indented on the next.
+            let inline = line.trim().split_once("  ").map(|(_, d)| d.trim());
+            let next = lines
+                .get(i + 1)
+                .map(|l| l.trim())
+                .filter(|l| !l.starts_with('-'));
+            assert!(
+                inline.or(next).is_some_and(|d| d.len() > 10),
+                "{sub:?}: an option without a description: {line}"
+            );
+        }
+    }
+    let top = Command::new(WEIR).arg("--help").output().unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.contains("`weir` with no subcommand runs the gateway"),
+        "{top}"
+    );
+}
