@@ -11,6 +11,8 @@ neither proxy competes with the load for a core.
     python3 bench/overhead.py --levels 16,256 --rounds 1 --duration 5   # quick look
     python3 bench/overhead.py --no-build --build pool=/tmp/a/weir --build legacy=/tmp/b/weir
                                                   # two weir builds (and nginx) in the same rounds
+    python3 bench/overhead.py --mode requests --rates 2000   # the per-request path (bench/rate.py)
+    python3 bench/overhead.py --mode requests --cores sim=0-5,proxy=6-9,load=10-15 --rates 10000
 """
 
 import argparse
@@ -19,7 +21,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,88 +31,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, stop_all, wait_port  # noqa: E402
+import rate  # noqa: E402
+from procs import cpu_seconds, free_port, nginx_conf, rss_bytes, start, stop_all, wait_port  # noqa: E402
 WEIR = os.path.join(ROOT, "target", "release", "weir")
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def start(cmd, core, **kw):
-    """Starts cmd pinned to one core, with as many open files as the hard limit allows."""
-    return subprocess.Popen(["taskset", "-c", str(core)] + cmd, preexec_fn=raise_nofile, **kw)
-
-
-def children(pid):
-    """pid and all its descendants (nginx: master and worker)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
-
-
-def cpu_seconds(pid):
-    total = 0
-    for p in children(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except OSError:
-            pass
-    return total / TICK
-
-
-def rss_bytes(pid):
-    total = 0
-    for p in children(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except OSError:
-            pass
-    return total
-
-
-def nginx_conf(tmp, port, upstream):
-    return f"""
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-worker_rlimit_nofile 65535;
-daemon off;
-events {{ worker_connections 16384; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream vllm {{ server {upstream}; keepalive 4096; }}
-    server {{
-        listen 127.0.0.1:{port} backlog=8192;
-        location / {{
-            proxy_pass http://vllm;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_read_timeout 600s;
-        }}
-    }}
-}}
-"""
 
 
 def histogram_quantiles(text, name, qs):
@@ -188,7 +110,19 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", default="16,256,2048")
+    ap.add_argument("--mode", choices=["streams", "requests"], default="streams",
+                    help="streams: streamed generations (this table); requests: non-streamed one-token "
+                         "requests, max req/s and added e2e (bench/rate.py)")
+    ap.add_argument("--levels", default=None,
+                    help="streams (or requests in flight); default 16,256,2048 (requests: 64,512)")
+    ap.add_argument("--rates", default="",
+                    help="requests mode: Poisson rates (req/s) to measure added e2e at, e.g. 10000")
+    ap.add_argument("--cores", default=None,
+                    help="requests mode: core layout, e.g. sim=0-5,proxy=6-9,load=10-15 "
+                         "(default sim=0,proxy=1,load=0)")
+    ap.add_argument("--nginx", default="nginx", help="the nginx binary")
+    ap.add_argument("--weir", default=WEIR,
+                    help="requests mode: the weir binary that runs the simulator and the load")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--ttft", default="20ms")
@@ -204,16 +138,23 @@ def main():
                     help="NAME=PATH of a weir binary to measure; repeat; default weir=target/release/weir")
     args = ap.parse_args()
     builds = [b.split("=", 1) for b in args.build] or [["weir", WEIR]]
-    levels = [int(x) for x in args.levels.split(",")]
-
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
-    if not shutil.which("nginx"):
+    if not shutil.which(args.nginx):
         if os.geteuid() != 0:
             sys.exit("nginx is needed: apt-get install nginx")
         subprocess.run(["apt-get", "update", "-q"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], check=True)
 
+    if args.mode == "requests":
+        args.tmp = tempfile.mkdtemp(prefix="weir-rate-")
+        try:
+            rate.run(args, args.weir, builds, ROOT)
+        finally:
+            shutil.rmtree(args.tmp, ignore_errors=True)
+        return
+    args.levels = args.levels or "16,256,2048"
+    levels = [int(x) for x in args.levels.split(",")]
     tmp = tempfile.mkdtemp(prefix="weir-bench-")
     procs = []
     try:
@@ -235,7 +176,7 @@ def main():
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_conf(tmp, nginx_port, upstream))
-        nginx = start(["nginx", "-c", conf, "-p", tmp], 1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nginx = start([args.nginx, "-c", conf, "-p", tmp], 1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(nginx)
         ports = [w[1] for w in weirs.values()] + [nginx_port]
         for port in ports:
