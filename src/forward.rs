@@ -29,6 +29,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_named_by_connection(headers);
+    }
+    for n in HOP_BY_HOP.iter() {
+        headers.remove(n);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Removes the headers the `Connection` header names (rare: most clients send none).
+fn strip_named_by_connection(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -36,10 +47,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    for n in &named {
         headers.remove(n);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Prepares a client's request headers for the backend; `trace` is the context the backend's
@@ -54,12 +64,12 @@ pub fn upstream_headers(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     if let Some(addr) = client {
-        let ip = addr.ip().to_string();
+        let ip = IpText::of(addr.ip());
         let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.as_str())),
+            None => HeaderValue::from_str(ip.as_str()),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = value {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
     }
@@ -89,9 +99,79 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// An IP address as text, without the formatting machinery for the common IPv4 case (its
+/// `Display` pads and checks widths: a fortieth of a short request's instructions).
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: std::net::IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.to_string();
+                t.len = s.len().min(t.buf.len());
+                t.buf[..t.len].copy_from_slice(&s.as_bytes()[..t.len]);
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_the_display_of_the_address() {
+        for o in 0..=255u8 {
+            for ip in [
+                [o, 0, 10, 255],
+                [127, o, 1, 99],
+                [1, 2, o, 100],
+                [9, 99, 100, o],
+            ] {
+                let ip = std::net::IpAddr::from(ip);
+                assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+            }
+        }
+        for ip in [
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_forwarded_headers() {

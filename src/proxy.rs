@@ -210,12 +210,6 @@ async fn read_body(
         strip_usage,
         body,
     } = inspect(bytes, api.asks_for_usage())?;
-    let metrics = &state.metrics;
-    ex.series = metrics.series(
-        &metrics.model_label(model.as_deref()),
-        api.operation(),
-        &ex.backend,
-    );
     (ex.model, ex.max_tokens) = (model, max_tokens);
     let w = &mut ex.watch;
     (w.stream, w.n, w.strip_usage) = (stream, n.min(MAX_CHOICES), strip_usage);

@@ -32,7 +32,9 @@ pub struct Exchange {
     pub model: Option<String>,
     pub max_tokens: Option<u64>,
     pub backend: Arc<str>,
-    pub series: Arc<Series>,
+    /// The series of (model, operation, backend), looked up once, when the backend is picked;
+    /// a request that ends before that gets its series (backend `none`) when it is recorded.
+    pub series: Option<Arc<Series>>,
     pub metrics: Metrics,
     /// Counts as load on the backend until the exchange is dropped.
     pub load: Option<Load>,
@@ -71,7 +73,7 @@ impl Exchange {
             trace: state.telemetry.request(req.headers(), operation, t0),
             model: None,
             max_tokens: None,
-            series: metrics.series(&metrics.model_label(None), operation, &none),
+            series: None,
             backend: none,
             metrics: metrics.clone(),
             load: None,
@@ -141,16 +143,18 @@ impl Recorder for Exchange {
     }
 
     fn gap(&self, gap: Duration) {
-        self.series.itl.observe(secs(gap));
+        // A gap comes from a backend's body: the backend, and so the series, was picked.
+        let Some(series) = &self.series else { return };
+        series.itl.observe(secs(gap));
         if let Some(o) = &self.otel {
-            o.gap(&self.labels(), gap);
+            o.gap(&self.labels(series), gap);
         }
     }
 
     /// Every metric, the access-log line and the spans of a finished request.
     fn finish(self, m: &Measurement, outcome: Outcome, end: Instant) {
         let w = &self.watch;
-        let s = &self.series;
+        let s = &self.series_or_unpicked();
         let e2e = end.saturating_duration_since(w.t0);
         let ids = Ids {
             trace_id: self.trace.trace_id().to_bytes(),
@@ -175,7 +179,7 @@ impl Recorder for Exchange {
         let figures = Figures::of(w, m, outcome, e2e);
         figures.observe(s, w, (ids, now));
         if let Some(o) = &self.otel {
-            o.finish(&self.labels(), &figures.otel(w, outcome));
+            o.finish(&self.labels(s), &figures.otel(w, outcome));
         }
         let finished = crate::slo::Finished {
             streamed_generation: w.stream && w.api.is_generation(),
@@ -185,7 +189,7 @@ impl Recorder for Exchange {
             e2e,
         };
         self.metrics.slo().record(s.model(), &finished);
-        self.log(m, outcome, &figures);
+        self.log(m, outcome, &figures, s.model());
         let summary = crate::trace::Summary {
             input_tokens: figures.input,
             output_tokens: figures.output,
@@ -323,10 +327,22 @@ impl Figures {
 }
 
 impl Exchange {
+    /// The series picked with the backend, or that of a request that ended before one was.
+    fn series_or_unpicked(&self) -> Arc<Series> {
+        match &self.series {
+            Some(s) => s.clone(),
+            None => {
+                let model = self.metrics.model_label(self.model.as_deref());
+                let op = self.watch.api.operation();
+                self.metrics.series(&model, op, &self.backend)
+            }
+        }
+    }
+
     /// The request's labels, for the OTLP metrics.
-    fn labels(&self) -> Labels<'_> {
+    fn labels<'a>(&'a self, series: &'a Arc<Series>) -> Labels<'a> {
         Labels {
-            series: &self.series,
+            series,
             operation: self.watch.api.operation(),
             backend: &self.backend,
         }
@@ -353,7 +369,7 @@ impl Exchange {
         }
     }
 
-    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures) {
+    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures, model_label: &str) {
         let w = &self.watch;
         let finish_reasons = m.reasons_in_order().join(",");
         let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
@@ -365,7 +381,7 @@ impl Exchange {
             path: crate::observe::bounded(self.path.as_ref().map_or("", |p| p.path())),
             tenant: self.tenant.as_deref(),
             model: self.model.as_deref().unwrap_or(""),
-            model_label: self.series.model(),
+            model_label,
             response_model: m.response_model.as_deref(),
             operation: w.api.operation().as_str(),
             api: w.api.as_str(),

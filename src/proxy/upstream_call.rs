@@ -100,7 +100,7 @@ fn pick(
     };
     let metrics = &ex.metrics;
     let model = metrics.model_label(ex.model.as_deref());
-    ex.series = metrics.series(&model, ex.watch.api.operation(), &backend.name);
+    ex.series = Some(metrics.series(&model, ex.watch.api.operation(), &backend.name));
     ex.backend = backend.name.clone();
     ex.watch.timeouts = backend.timeouts.clone();
     Ok(backend)

@@ -123,10 +123,16 @@ impl fmt::Display for AccessLine<'_> {
             fields: self,
             target: TARGET,
         };
-        let json = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        f.write_str(&json)
+        // Into a buffer sized for a whole line: serde_json's own `to_string` starts small
+        // and grows (and copies) it several times per request.
+        let mut json = Vec::with_capacity(LINE_CAPACITY);
+        serde_json::to_writer(&mut json, &line).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&json).map_err(|_| fmt::Error)?)
     }
 }
+
+/// Room for a typical access line (about 700 bytes) without growing.
+const LINE_CAPACITY: usize = 1024;
 
 /// The log format: JSON lines, with the access line written as it was serialized, or
 /// readable lines (the access line's fields as `key=value`).
@@ -209,11 +215,21 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         if meta.target() == TARGET {
-            if let Some(json) = line_of(event) {
-                return match &self.pretty {
-                    Some(_) => writeln!(writer, "{}", readable(&json)),
-                    None => writeln!(writer, "{json}"),
+            if self.pretty.is_some() {
+                if let Some(json) = line_of(event) {
+                    return writeln!(writer, "{}", readable(&json));
+                }
+            } else {
+                // Serialized straight into the writer: no copy of the line per request.
+                let mut line = WriteLine {
+                    writer: &mut writer,
+                    written: None,
                 };
+                event.record(&mut line);
+                if let Some(written) = line.written {
+                    written?;
+                    return writeln!(writer);
+                }
             }
         }
         if let Some(pretty) = &self.pretty {
@@ -231,6 +247,20 @@ fn line_of(event: &Event<'_>) -> Option<String> {
     let mut line = LineField(None);
     event.record(&mut line);
     line.0
+}
+
+/// Writes the `line` field of an access event as it is.
+struct WriteLine<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    written: Option<fmt::Result>,
+}
+
+impl Visit for WriteLine<'_, '_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "line" && self.written.is_none() {
+            self.written = Some(write!(self.writer, "{value:?}"));
+        }
+    }
 }
 
 /// Takes the `line` field of an access event.
@@ -359,7 +389,7 @@ mod tests {
             tenant: None,
             model: "tiny-llama",
             model_label: "tiny-llama",
-            response_model: Some("tiny-llama"),
+            response_model: Some("modèle \"ü\"\n"),
             operation: "chat",
             api: "chat_completions",
             stream: true,
@@ -451,6 +481,8 @@ mod tests {
         assert_eq!(access["level"], "INFO");
         assert_eq!(access["request_id"], "r-\"1\"");
         assert_eq!(access["ttft_ms"], 21.5);
+        // Escapes and text beyond ASCII come through whole.
+        assert_eq!(access["response_model"], "modèle \"ü\"\n");
         assert_eq!(access["target"], "weir::access");
         // Every other event keeps the usual format, and both timestamps look alike.
         assert_eq!(other["message"], "weir is serving");

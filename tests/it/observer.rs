@@ -183,11 +183,11 @@ fn exchange_for(
         model: Some("tiny-llama".into()),
         max_tokens: Some(32),
         backend: backend.clone(),
-        series: metrics.series(
+        series: Some(metrics.series(
             &metrics.model_label(Some("tiny-llama")),
             api.operation(),
             &backend,
-        ),
+        )),
         metrics: metrics.clone(),
         load: None,
         admitted: None,
