@@ -18,6 +18,7 @@ use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
 use crate::telemetry::access::AccessLine;
 use crate::telemetry::otel_metrics::{self, Labels, RequestMetrics};
+use crate::tenants::{Billing, Used};
 use crate::trace::RequestTrace;
 
 /// What is known of a request on its way: owned by whichever part of the stack has it,
@@ -44,6 +45,8 @@ pub struct Exchange {
     pub answer: Option<Answer>,
     /// The OTLP metrics, when they are on.
     pub otel: Option<RequestMetrics>,
+    /// The tenant's limits and the model's price (`tenants.rs`).
+    pub billing: Billing,
 }
 
 impl Exchange {
@@ -79,6 +82,7 @@ impl Exchange {
             tenant: None,
             answer: None,
             otel: state.telemetry.request_metrics(),
+            billing: Billing::default(),
         }
     }
 
@@ -148,7 +152,7 @@ impl Recorder for Exchange {
     }
 
     /// Every metric, the access-log line and the spans of a finished request.
-    fn finish(self, m: &Measurement, outcome: Outcome, end: Instant) {
+    fn finish(mut self, m: &Measurement, outcome: Outcome, end: Instant) {
         let w = &self.watch;
         let s = &self.series;
         let e2e = end.saturating_duration_since(w.t0);
@@ -185,7 +189,8 @@ impl Recorder for Exchange {
             e2e,
         };
         self.metrics.slo().record(s.model(), &finished);
-        self.log(m, outcome, &figures);
+        let cost = self.bill(&figures);
+        self.log(m, outcome, &figures, cost);
         let summary = crate::trace::Summary {
             input_tokens: figures.input,
             output_tokens: figures.output,
@@ -194,6 +199,7 @@ impl Recorder for Exchange {
             tokens_estimated: figures.estimated,
             itl_p50_ms: figures.itl_p50.map(ms),
             itl_max_ms: figures.itl_max.map(ms),
+            cost_usd: cost,
         };
         let request = crate::trace::Request {
             watch: &self.watch,
@@ -353,7 +359,23 @@ impl Exchange {
         }
     }
 
-    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures) {
+    /// The request's cost, counted per model and tenant; its tenant charged what it used.
+    fn bill(&mut self, f: &Figures) -> Option<f64> {
+        let used = Used {
+            input: f.input,
+            cached: f.cache_read,
+            output: f.output.filter(|_| self.watch.api.is_generation()),
+            sent: *self.backend != *crate::metrics::NO_BACKEND,
+        };
+        let cost = self.billing.close(used)?;
+        let tenant = self.tenant.as_deref().unwrap_or("");
+        self.metrics
+            .tenants()
+            .cost(self.series.model(), tenant, cost);
+        Some(cost)
+    }
+
+    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures, cost_usd: Option<f64>) {
         let w = &self.watch;
         let finish_reasons = m.reasons_in_order().join(",");
         let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
@@ -394,6 +416,7 @@ impl Exchange {
             cache_read_tokens: f.cache_read,
             reasoning_tokens: f.reasoning,
             tokens_estimated: f.estimated,
+            cost_usd,
             finish_reasons: &finish_reasons,
             degraded: m.degraded,
             unmeasured: m.unmeasured,
