@@ -11,6 +11,7 @@ mod proxy;
 mod restart;
 mod slo;
 mod telemetry;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +26,7 @@ pub use limits::Limits;
 pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
 pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
+pub use tenants::{Costs, OnStoreError, Price, RedisConfig, TenantLimits};
 
 /// The whole configuration of a gateway.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,8 +52,10 @@ pub struct Config {
     pub limits: Limits,
     /// Which paths the proxy listener passes on (`[proxy]`).
     pub proxy: ProxyConfig,
-    /// API keys on the proxy listener.
+    /// API keys on the proxy listener, and what each may spend.
     pub auth: AuthConfig,
+    /// Prices per model (`[costs]`): each request's cost, and the tenants' budgets.
+    pub costs: Costs,
     pub admin: Admin,
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(deserialize_with = "de::duration")]
@@ -84,6 +88,7 @@ impl Default for Config {
             limits: Limits::default(),
             proxy: ProxyConfig::default(),
             auth: Default::default(),
+            costs: Costs::default(),
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
             telemetry: TelemetryConfig::default(),
@@ -161,6 +166,7 @@ impl Config {
                 .example(HASH_EXAMPLE));
         }
         self.limits.validate()?;
+        self.costs.validate()?;
         self.proxy.validate()?;
         self.health.validate()?;
         self.slo.validate()?;

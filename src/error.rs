@@ -49,6 +49,13 @@ pub enum GatewayError {
     ConnectTimeout { backend: String },
     #[error("internal error in the gateway")]
     Internal,
+    #[error("Rate limit reached for {}: please try again in {}.", .limit.describe(), crate::tenants::openai_duration(*.retry_after))]
+    RateLimited {
+        limit: crate::tenants::Limit,
+        retry_after: std::time::Duration,
+    },
+    #[error("the rate-limit store is unavailable; retry shortly")]
+    LimitStore,
 }
 
 /// The record of an answer the gateway gave itself: a response extension the edge reads.
@@ -88,9 +95,10 @@ impl GatewayError {
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            NoBackend | Overloaded | TooManyConnections | MemoryFull => {
+            NoBackend | Overloaded | TooManyConnections | MemoryFull | LimitStore => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UnknownModel(_) | PathNotFound(_) => StatusCode::NOT_FOUND,
             Connect { .. } | Upstream { .. } => StatusCode::BAD_GATEWAY,
             ConnectTimeout { .. } | Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -102,9 +110,12 @@ impl GatewayError {
     pub fn outcome(&self) -> Outcome {
         use GatewayError::*;
         match self {
-            NoBackend | Overloaded | TooManyConnections | MemoryFull | Connect { .. } => {
-                Outcome::Unavailable
-            }
+            NoBackend
+            | Overloaded
+            | TooManyConnections
+            | MemoryFull
+            | LimitStore
+            | Connect { .. } => Outcome::Unavailable,
             Upstream { .. } => Outcome::UpstreamError,
             Timeout { kind, .. } => Outcome::Timeout(kind),
             ConnectTimeout { .. } => Outcome::Timeout("connect"),
@@ -132,7 +143,9 @@ impl GatewayError {
             | Timeout { .. }
             | Overloaded
             | TooManyConnections
-            | MemoryFull => {
+            | MemoryFull
+            | RateLimited { .. }
+            | LimitStore => {
                 return None;
             }
         })
@@ -159,6 +172,8 @@ impl GatewayError {
             Connect { .. } => "connect",
             Upstream { .. } => "upstream",
             Internal => "panic",
+            RateLimited { .. } => "rate_limited",
+            LimitStore => "limit_store",
         }
     }
 
@@ -173,6 +188,7 @@ impl GatewayError {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "RequestTooLargeError",
             StatusCode::GATEWAY_TIMEOUT => "TimeoutError",
             StatusCode::INTERNAL_SERVER_ERROR => "InternalServerError",
+            StatusCode::TOO_MANY_REQUESTS => "RateLimitError",
             _ => "ServiceUnavailableError",
         }
     }
@@ -204,7 +220,11 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         match self {
-            GatewayError::NoBackend | GatewayError::Overloaded | GatewayError::MemoryFull => {
+            GatewayError::RateLimited { retry_after, .. } => retry_headers(h, *retry_after),
+            GatewayError::NoBackend
+            | GatewayError::Overloaded
+            | GatewayError::MemoryFull
+            | GatewayError::LimitStore => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::TooManyConnections => {
@@ -219,6 +239,14 @@ impl GatewayError {
         res.extensions_mut().insert(self.answer(None));
         res
     }
+}
+
+/// `Retry-After` in whole seconds (at least 1) and `retry-after-ms`, which OpenAI's SDKs
+/// read first.
+fn retry_headers(h: &mut http::HeaderMap, wait: std::time::Duration) {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+    h.insert("retry-after-ms", HeaderValue::from(wait.as_millis() as u64));
 }
 
 /// `{"type":"error","error":{"type":…,"message":…}}`, the Anthropic shape vLLM answers

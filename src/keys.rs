@@ -71,7 +71,9 @@ mod tests {
             keys: vec![crate::config::KeyConfig {
                 name: "team-a".into(),
                 sha256: sha("sk-a"),
+                ..Default::default()
             }],
+            ..Default::default()
         };
         cfg.validate().unwrap();
         let keys = Keys::new(&cfg);
@@ -96,7 +98,9 @@ mod tests {
             keys: vec![crate::config::KeyConfig {
                 name: "a".into(),
                 sha256: "abc".into(),
+                ..Default::default()
             }],
+            ..Default::default()
         };
         assert_eq!(
             bad.validate().unwrap_err().field(),
@@ -107,12 +111,15 @@ mod tests {
                 crate::config::KeyConfig {
                     name: "a".into(),
                     sha256: sha("1"),
+                    ..Default::default()
                 },
                 crate::config::KeyConfig {
                     name: "a".into(),
                     sha256: sha("2"),
+                    ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         assert_eq!(
             dup.validate().unwrap_err().field(),

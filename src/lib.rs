@@ -57,5 +57,6 @@ pub mod server;
 pub mod slo;
 pub mod state;
 pub mod telemetry;
+pub mod tenants;
 pub mod trace;
 pub mod upstream;

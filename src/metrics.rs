@@ -70,6 +70,7 @@ struct Inner {
     none: Arc<str>,
     f: Families,
     slo: crate::slo::Slo,
+    tenants: crate::tenants::TenantMetrics,
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
 }
 
@@ -216,6 +217,7 @@ impl Metrics {
             ttft_buckets,
             itl_buckets,
             slo: crate::slo::Slo::new(slo, &registry),
+            tenants: crate::tenants::TenantMetrics::new(&registry),
             registry,
             models: RwLock::new(Vec::new()),
             other: OTHER.into(),
@@ -332,6 +334,11 @@ impl Metrics {
     /// The SLO judge and its series.
     pub fn slo(&self) -> &crate::slo::Slo {
         &self.inner.slo
+    }
+
+    /// The tenants' series: rate limiting, cost, the limit store.
+    pub fn tenants(&self) -> &crate::tenants::TenantMetrics {
+        &self.inner.tenants
     }
 
     pub fn in_flight(&self) -> &IntGauge {

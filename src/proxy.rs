@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
+mod quota;
 mod upstream_call;
 
 use crate::budget::Reservation;
@@ -106,7 +107,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
         ledger,
         ex: Some(ex),
     };
-    match forward_request(&state, &shared, req, &mut ex).await {
+    let mut res = match forward_request(&state, &shared, req, &mut ex).await {
         Ok(res) => res,
         Err(err) => {
             match &err {
@@ -117,7 +118,11 @@ async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<Respons
             }
             answer(&err)
         }
+    };
+    if let Some(h) = ex.billing.headers {
+        h.apply(res.headers_mut());
     }
+    res
 }
 
 fn answer(err: &GatewayError) -> Response<ResponseBody> {
@@ -132,6 +137,7 @@ async fn forward_request(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     let (body, reservation) = read_body(state, &shared.config, &parts, body, ex).await?;
+    quota::check(state, shared, &body, ex).await?;
     // In flight once the body is in: clients slow to send theirs hold no slot.
     let Some(admitted) = state.admit(shared.config.limits.max_in_flight) else {
         state.metrics.rejected("in_flight").inc();

@@ -18,6 +18,7 @@ use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
 use crate::telemetry::access::AccessLine;
 use crate::telemetry::otel_metrics::{self, Labels, RequestMetrics};
+use crate::tenants::{Billing, Used};
 use crate::trace::RequestTrace;
 
 /// What is known of a request on its way: owned by whichever part of the stack has it,
@@ -46,6 +47,8 @@ pub struct Exchange {
     pub answer: Option<Answer>,
     /// The OTLP metrics, when they are on.
     pub otel: Option<RequestMetrics>,
+    /// The tenant's limits and the model's price (`tenants.rs`).
+    pub billing: Billing,
 }
 
 impl Exchange {
@@ -81,6 +84,7 @@ impl Exchange {
             tenant: None,
             answer: None,
             otel: state.telemetry.request_metrics(),
+            billing: Billing::default(),
         }
     }
 
@@ -152,7 +156,7 @@ impl Recorder for Exchange {
     }
 
     /// Every metric, the access-log line and the spans of a finished request.
-    fn finish(self, m: &Measurement, outcome: Outcome, end: Instant) {
+    fn finish(mut self, m: &Measurement, outcome: Outcome, end: Instant) {
         let w = &self.watch;
         let s = &self.series_or_unpicked();
         let e2e = end.saturating_duration_since(w.t0);
@@ -189,7 +193,8 @@ impl Recorder for Exchange {
             e2e,
         };
         self.metrics.slo().record(s.model(), &finished);
-        self.log(m, outcome, &figures, s.model());
+        let cost = self.bill(&figures, s.model());
+        self.log(m, outcome, &figures, (s.model(), cost));
         let summary = crate::trace::Summary {
             input_tokens: figures.input,
             output_tokens: figures.output,
@@ -198,6 +203,7 @@ impl Recorder for Exchange {
             tokens_estimated: figures.estimated,
             itl_p50_ms: figures.itl_p50.map(ms),
             itl_max_ms: figures.itl_max.map(ms),
+            cost_usd: cost,
         };
         let request = crate::trace::Request {
             watch: &self.watch,
@@ -369,7 +375,23 @@ impl Exchange {
         }
     }
 
-    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures, model_label: &str) {
+    /// The request's cost, counted per model and tenant; its tenant charged what it used.
+    fn bill(&mut self, f: &Figures, model_label: &str) -> Option<f64> {
+        let used = Used {
+            input: f.input,
+            cached: f.cache_read,
+            output: f.output.filter(|_| self.watch.api.is_generation()),
+            sent: *self.backend != *crate::metrics::NO_BACKEND,
+        };
+        let cost = self.billing.close(used)?;
+        let tenant = self.tenant.as_deref().unwrap_or("");
+        self.metrics.tenants().cost(model_label, tenant, cost);
+        Some(cost)
+    }
+
+    /// The access line; `labels`: the model label and the request's cost.
+    fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures, labels: (&str, Option<f64>)) {
+        let (model_label, cost_usd) = labels;
         let w = &self.watch;
         let finish_reasons = m.reasons_in_order().join(",");
         let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
@@ -410,6 +432,7 @@ impl Exchange {
             cache_read_tokens: f.cache_read,
             reasoning_tokens: f.reasoning,
             tokens_estimated: f.estimated,
+            cost_usd,
             finish_reasons: &finish_reasons,
             degraded: m.degraded,
             unmeasured: m.unmeasured,

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::telemetry::Telemetry;
+use crate::tenants::Limiter;
 
 /// What a reload replaces, together.
 pub struct Shared {
@@ -38,6 +39,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// Bytes of bodies held whole, all requests together.
     pub buffered: Arc<Budget>,
+    /// The tenants' limits: their counts outlive a reload (`[limits.redis]` is read once).
+    pub limiter: Arc<Limiter>,
     /// Requests sent (or about to be) to the backends.
     upstream: Arc<AtomicUsize>,
     current: ArcSwap<Shared>,
@@ -57,11 +60,15 @@ impl AppState {
     pub fn new(config: Config, metrics: Metrics) -> AppState {
         let telemetry = Telemetry::start(&config.telemetry, &config.slo, &metrics);
         let buffered = Budget::new(config.limits.max_buffered_bytes);
+        let tenants = metrics.tenants().clone();
+        tenants.publish(&config.auth, &config.costs);
+        let limiter = Arc::new(Limiter::new(config.limits.redis.as_ref(), tenants));
         let shared = Shared::new(config, None, &metrics);
         AppState {
             metrics,
             telemetry,
             buffered,
+            limiter,
             upstream: Arc::new(AtomicUsize::new(0)),
             current: ArcSwap::from_pointee(shared),
         }
@@ -86,6 +93,7 @@ impl AppState {
         let old = self.current();
         self.buffered.set_limit(config.limits.max_buffered_bytes);
         self.metrics.add_models(&config.known_models());
+        self.metrics.tenants().publish(&config.auth, &config.costs);
         let shared = Shared::new(config, Some(&old.pool), &self.metrics);
         for b in &old.pool.backends {
             if shared.pool.find(&b.name).is_none() {

@@ -65,6 +65,8 @@ pub struct Summary {
     pub tokens_estimated: bool,
     pub itl_p50_ms: Option<f64>,
     pub itl_max_ms: Option<f64>,
+    /// The request's cost in USD (`weir.cost_usd` on the SERVER span).
+    pub cost_usd: Option<f64>,
 }
 
 impl RequestTrace {
@@ -212,6 +214,9 @@ impl RequestTrace {
         }
         if let Some(max) = s.itl_max_ms {
             span.set_attribute(KeyValue::new("weir.itl.max", max / 1e3));
+        }
+        if let Some(usd) = s.cost_usd {
+            span.set_attribute(KeyValue::new("weir.cost_usd", usd));
         }
         if s.tokens_estimated {
             span.set_attribute(KeyValue::new("weir.usage.estimated", true));

@@ -36,6 +36,9 @@ pub struct Limits {
     /// Longest SSE line the observer holds across chunks; a longer one is passed on
     /// unparsed and the request's measurement marked degraded.
     pub max_sse_line: usize,
+    /// `[limits.redis]`: the tenants' limits held in Redis, shared by every replica (None:
+    /// each process holds its own).
+    pub redis: Option<super::tenants::RedisConfig>,
 }
 
 impl Default for Limits {
@@ -49,12 +52,16 @@ impl Default for Limits {
             max_in_flight: 4096,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_sse_line: 1 << 20,
+            redis: None,
         }
     }
 }
 
 impl Limits {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(r) = &self.redis {
+            r.validate()?;
+        }
         let at_least = |name: &str, v: usize, min: usize, example: &str| {
             if v < min {
                 return Err(ConfigError::invalid(

@@ -25,6 +25,7 @@ impl Config {
             "limits.max_connections" => limits.max_connections,
             "limits.max_head_bytes" => limits.max_head_bytes,
             "limits.header_read_timeout" => limits.header_read_timeout,
+            "limits.redis" => limits.redis,
             "slo" => slo,
             "telemetry" => telemetry,
         }

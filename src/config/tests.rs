@@ -89,3 +89,55 @@ fn backend_name_defaults_to_authority() {
     c.normalise();
     assert_eq!(c.backends[0].name, "10.0.0.1:8000");
 }
+
+#[test]
+fn tenant_limits_prices_and_redis_are_checked_and_named() {
+    let parse = |text: &str| -> Config {
+        let mut c = Config::parse(&format!(
+            "[[backends]]\nurl = \"http://127.0.0.1:8000\"\n{text}"
+        ))
+        .unwrap();
+        c.normalise();
+        c
+    };
+    let c = parse(
+        "[auth.default_limits]\nrequests_per_minute = 10\nbudget_usd_per_day = 1.5\n\
+         [[auth.keys]]\nname = \"a\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n\
+         limits = { requests_per_minute = 100 }\n\
+         [costs.models.\"m\"]\ninput = 1.0\noutput = 2.0\n\
+         [limits.redis]\nurl = \"redis://127.0.0.1:6379\"\non_error = \"closed\"\n",
+    );
+    c.validate().unwrap();
+    let l = c.auth.limits_of("a");
+    assert_eq!(l.requests_per_minute, Some(100), "the key's own");
+    assert_eq!(l.budget_usd_per_day, Some(1.5), "the default's");
+    assert_eq!(
+        c.limits.redis.as_ref().unwrap().on_error,
+        OnStoreError::Closed
+    );
+    // 1M input tokens, half of them cached at the input price, and 1M output.
+    assert_eq!(c.costs.models["m"].cost(1_000_000, 500_000, 1_000_000), 3.0);
+    let field = |text: &str| {
+        parse(text)
+            .validate()
+            .unwrap_err()
+            .field()
+            .map(str::to_string)
+    };
+    assert_eq!(
+        field("[auth.default_limits]\ntokens_per_minute = 0\n").as_deref(),
+        Some("auth.default_limits.tokens_per_minute")
+    );
+    assert_eq!(
+        field("[costs.models.\"m\"]\ninput = -1.0\n").as_deref(),
+        Some("costs.models.\"m\".input")
+    );
+    assert_eq!(
+        field("[limits.redis]\nurl = \"localhost:6379\"\n").as_deref(),
+        Some("limits.redis.url")
+    );
+    assert_eq!(
+        field("[limits.redis]\nurl = \"redis://r\"\ntimeout = \"10s\"\n").as_deref(),
+        Some("limits.redis.timeout")
+    );
+}

@@ -76,6 +76,9 @@ pub struct AccessLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,
     pub tokens_estimated: bool,
+    /// What the request cost in USD, when its model has a price (`[costs]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub finish_reasons: &'a str,
     pub degraded: bool,
     /// The body came compressed and was not read.
@@ -411,6 +414,7 @@ mod tests {
             cache_read_tokens: None,
             reasoning_tokens: None,
             tokens_estimated: false,
+            cost_usd: None,
             finish_reasons: "length",
             degraded: false,
             unmeasured: false,

@@ -73,6 +73,7 @@ async fn refusals_panics_and_proxied_requests_are_each_recorded_once() {
     c.auth.keys = vec![KeyConfig {
         name: "team-a".into(),
         sha256: sha256("sk-a"),
+        ..Default::default()
     }];
     c.telemetry = TelemetryConfig {
         enabled: true,

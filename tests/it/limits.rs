@@ -24,6 +24,7 @@ async fn api_keys_gate_the_proxy_and_never_reach_the_backend() {
     c.auth.keys = vec![KeyConfig {
         name: "team-a".into(),
         sha256: sha256("sk-team-a"),
+        ..Default::default()
     }];
     let gw = gateway::start(c).await.unwrap();
     let client = client();
@@ -113,6 +114,7 @@ async fn the_backend_key_replaces_the_clients() {
     c.auth.keys = vec![KeyConfig {
         name: "t".into(),
         sha256: sha256("client-key"),
+        ..Default::default()
     }];
     c.health.interval = Duration::from_secs(3600);
     let gw = gateway::start(c).await.unwrap();

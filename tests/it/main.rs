@@ -21,6 +21,7 @@ mod ops;
 mod otlp_metrics;
 mod report;
 mod sim;
+mod tenants;
 mod top;
 mod traces;
 mod traces_export;

@@ -194,6 +194,7 @@ fn exchange_for(
         tenant: None,
         answer: None,
         otel: None,
+        billing: Default::default(),
     }
 }
 

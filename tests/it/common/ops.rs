@@ -30,6 +30,11 @@ fn in_ci() -> bool {
 
 /// An installed program. Missing: a failure in CI (`CI` set), a skip with a note elsewhere.
 pub fn tool(name: &str) -> Option<PathBuf> {
+    tool_from(name, "prometheus prometheus-alertmanager")
+}
+
+/// An installed program, from the Debian `package` named in the note when it is missing.
+pub fn tool_from(name: &str, package: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))
@@ -37,8 +42,8 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     });
     if found.is_none() {
         let msg = format!(
-            "`{name}` is not installed; on Debian 12 `apt-get install prometheus \
-             prometheus-alertmanager` provides it (.ci/run does that)"
+            "`{name}` is not installed; on Debian 12 `apt-get install {package}` provides it \
+             (.ci/run does that)"
         );
         assert!(!in_ci(), "{msg}");
         eprintln!("SKIPPED: {msg}");
@@ -284,4 +289,82 @@ pub fn alerts(rules: &serde_norway::Value) -> Vec<(String, serde_norway::Value)>
         }
     }
     out
+}
+
+/// A Redis server of a test's own: a free port on 127.0.0.1, no persistence, its own
+/// directory; killed when dropped. None (the test skips) when `redis-server` is not
+/// installed outside CI.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: TempDir::new("redis"),
+        };
+        r.restart()?;
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers PING.
+    pub fn restart(&mut self) -> Option<()> {
+        let server = tool_from("redis-server", "redis-server")?;
+        let child = Command::new(server)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.pings() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(())
+    }
+
+    fn pings(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills it (as a crash would: SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
