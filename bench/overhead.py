@@ -22,7 +22,6 @@ import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rate  # noqa: E402
-from procs import cpu_seconds, free_port, nginx_conf, rss_bytes, start, stop_all, wait_port  # noqa: E402
+from procs import (cpu_seconds, free_port, median, nginx_conf, rss_bytes, start,  # noqa: E402
+                   stop_all, wait_port)
 WEIR = os.path.join(ROOT, "target", "release", "weir")
 
 
@@ -101,11 +101,6 @@ def measure(name, url, pid, level, args, tmp):
     with open(out) as f:
         r = json.load(f)["runs"][0]
     return {"target": name, "level": level, "cpu": cpu, "rss": peak, "report": r}
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def main():

@@ -3,6 +3,7 @@
 import os
 import resource
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -117,3 +118,9 @@ http {{
     }}
 }}
 """
+
+
+def median(xs):
+    """The median of the values that are not None; None when there are none."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None

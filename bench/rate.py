@@ -18,12 +18,11 @@ import datetime
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
 
-from procs import cpu_seconds, free_port, nginx_conf, start, stop_all, wait_port
+from procs import cpu_seconds, free_port, median, nginx_conf, start, stop_all, wait_port
 
 
 def cores_of(spec):
@@ -83,11 +82,6 @@ def measure(weir, name, url, pid, load_cores, mode, value, args, tmp):
     with open(out) as f:
         r = json.load(f)["runs"][0]
     return {"target": name, "mode": mode, "value": value, "cpu": cpu, "report": r}
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def run(args, weir, builds, root):

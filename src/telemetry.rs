@@ -17,6 +17,27 @@
 //! health-check rounds, config reloads — into the same pipeline, through a layer of the
 //! global subscriber that the running gateway fills in (`Telemetry::bridge_tracing`).
 
+/// The OTLP exporter of one signal, from its exporter's builder, over `protocol` (the span and
+/// metric builders are different types with the same methods).
+macro_rules! otlp_exporter {
+    ($builder:expr, $protocol:expr, $endpoint:expr, $timeout:expr) => {
+        match $protocol {
+            Protocol::Grpc => $builder
+                .with_tonic()
+                .with_endpoint($endpoint)
+                .with_timeout($timeout)
+                .build(),
+            Protocol::HttpProtobuf => $builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint($endpoint)
+                .with_timeout($timeout)
+                .build(),
+        }
+        .map_err(|e| e.to_string())
+    };
+}
+
 pub mod access;
 pub mod otel_metrics;
 mod queue;
@@ -269,20 +290,7 @@ fn pipeline(config: &TelemetryConfig, dropped: Dropped) -> Result<(SdkTracer, Pi
     }
     let endpoint = config.traces_endpoint();
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match config.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build(),
-    }
-    .map_err(|e| e.to_string())?;
+    let exporter = otlp_exporter!(builder, config.protocol, endpoint, config.export_timeout)?;
     let resource = resource(config);
     let mut exporter = exporter;
     exporter.set_resource(&resource);

@@ -88,18 +88,6 @@ pub fn start(
 fn exporter(config: &TelemetryConfig) -> Result<opentelemetry_otlp::MetricExporter, String> {
     let endpoint = config.metrics_endpoint();
     let builder = opentelemetry_otlp::MetricExporter::builder();
-    match config.metrics_protocol() {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(config.export_timeout)
-            .build(),
-    }
-    .map_err(|e| e.to_string())
+    let protocol = config.metrics_protocol();
+    otlp_exporter!(builder, protocol, endpoint, config.export_timeout)
 }
