@@ -129,14 +129,21 @@ async fn requests_per_minute_answer_429_with_the_headers_openai_sends() {
     assert_eq!(line["tenant"], "team-a");
 }
 
-/// Sends `body`; the response's headers and the tokens it really used (from its JSON body
-/// or its stream's usage chunk).
+/// Sends `body`, with `x-request-id: id` when given (the simulator draws an answer's length
+/// from it); the response's headers and the tokens it really used (from its JSON body or its
+/// stream's usage chunk).
 async fn send_usage(
     client: &HttpClient,
     addr: SocketAddr,
     body: &serde_json::Value,
+    id: Option<&str>,
 ) -> (HeaderMap, u64) {
-    let (status, h, bytes) = send(client, keyed(addr, "/v1/chat/completions", body)).await;
+    let mut req = keyed(addr, "/v1/chat/completions", body);
+    if let Some(id) = id {
+        req.headers_mut()
+            .insert("x-request-id", id.parse().unwrap());
+    }
+    let (status, h, bytes) = send(client, req).await;
     assert_eq!(status, StatusCode::OK);
     let usage = if body["stream"] == true {
         let events = sse_data(&bytes);
@@ -153,6 +160,7 @@ async fn send_usage(
 }
 
 const TPM: u64 = 100_000;
+const SHORT_ANSWER: &str = "short-answer-1";
 
 /// A tokens-per-minute limit charges an estimate at admission (prompt bytes / 4 and
 /// `max_tokens`) and the real usage once the response ends: a request asking for up to 200
@@ -166,22 +174,23 @@ async fn tokens_are_corrected(addrs: (SocketAddr, SocketAddr), client: &HttpClie
             "model": "tiny-llama",
             "messages": [{"role": "user", "content": "a short answer please"}],
             "max_tokens": 200,
-            "seed": 7,
             "stream": stream,
         });
         if stream {
             body["stream_options"] = serde_json::json!({"include_usage": true});
         }
-        let (_, used) = send_usage(client, addrs.0, &body).await;
+        // The simulator seeds each answer from its x-request-id (weir makes up a random one
+        // when the client sends none): this one stops early.
+        let (_, used) = send_usage(client, addrs.0, &body, Some(SHORT_ANSWER)).await;
         assert!(
             used < 150,
-            "the simulator stops early for this seed: {used}"
+            "the simulator stops early for {SHORT_ANSWER}: {used}"
         );
         charged += used;
         // The correction lands when the request is recorded, as its body ends: poll for it.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (h, probe_used) = send_usage(client, addrs.1, &probe).await;
+            let (h, probe_used) = send_usage(client, addrs.1, &probe, None).await;
             let remaining = header(&h, "x-ratelimit-remaining-tokens");
             let want = TPM - charged - estimate(&probe);
             charged += probe_used;
