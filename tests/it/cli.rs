@@ -347,3 +347,65 @@ fn every_help_page_describes_each_option_and_shows_examples() {
         "{top}"
     );
 }
+
+/// A tenant's limit changed in the config file holds once weir has had a SIGHUP; what the
+/// tenant used before the reload still counts (the counts carry on).
+#[tokio::test]
+async fn sighup_changes_a_tenants_limit() {
+    use sha2::Digest;
+    const KEY: &str = "sk-hup-tenant";
+    let sim = start_sim(SimConfig::fast()).await;
+    let dir = std::env::temp_dir().join(format!("weir-hup-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weir.toml");
+    let sha = hex::encode(sha2::Sha256::digest(KEY.as_bytes()));
+    let file = |rpm: u32| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodels = [\"tiny-llama\"]\n\
+             [[backends]]\nurl = \"http://{sim}\"\n[auth]\n\
+             keys = [{{ name = \"team-a\", sha256 = \"{sha}\", limits = {{ requests_per_minute = {rpm} }} }}]\n"
+        )
+    };
+    std::fs::write(&path, file(1)).unwrap();
+    let mut child = Child(
+        Command::new(WEIR)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("TOKIO_WORKER_THREADS", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
+    let client = client();
+    // (status, x-ratelimit-limit-requests, x-ratelimit-remaining-requests)
+    let call = || async {
+        let mut req = post(addr, "/v1/chat/completions", &chat(false, 2));
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        let (status, h, _) = send(&client, req).await;
+        let n = |name: &str| h[name].to_str().unwrap().parse::<u64>().unwrap();
+        (
+            status,
+            n("x-ratelimit-limit-requests"),
+            n("x-ratelimit-remaining-requests"),
+        )
+    };
+    assert_eq!(call().await, (StatusCode::OK, 1, 0));
+    assert_eq!(call().await, (StatusCode::TOO_MANY_REQUESTS, 1, 0));
+    std::fs::write(&path, file(3)).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    line_where(&mut rx, "message", "config reloaded").await;
+    // Three a minute now, one of them already used before the reload.
+    assert_eq!(call().await, (StatusCode::OK, 3, 1));
+    assert_eq!(call().await, (StatusCode::OK, 3, 0));
+    assert_eq!(call().await, (StatusCode::TOO_MANY_REQUESTS, 3, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

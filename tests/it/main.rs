@@ -17,6 +17,7 @@ mod hostile;
 mod inspect_props;
 mod limits;
 mod observer;
+mod openai_sdk;
 mod ops;
 mod otlp_metrics;
 mod report;

@@ -233,6 +233,41 @@ fn the_dashboard_uses_the_provisioned_data_sources_and_links_to_jaeger() {
     stack::check_dashboard();
 }
 
+const LOAD_KEY: &str = "sk-ops-load";
+const CAPPED_KEY: &str = "sk-ops-capped";
+
+/// The gateway of the stack test: priced, with an hourly spend ceiling, and two keys: the
+/// load's (no limits) and a tenant allowed one request a minute, so that the tenants' panels
+/// (spend per tenant and model, rate-limited requests) have data.
+fn tenants_config(sim: std::net::SocketAddr) -> Config {
+    use sha2::Digest;
+    use weir::config::{KeyConfig, Price, TenantLimits};
+    let key = |name: &str, key: &str, limits| KeyConfig {
+        name: name.into(),
+        sha256: hex::encode(sha2::Sha256::digest(key.as_bytes())),
+        limits,
+    };
+    let mut c = gateway_config(&[sim]);
+    let capped = TenantLimits {
+        requests_per_minute: Some(1),
+        ..Default::default()
+    };
+    c.auth.keys = vec![
+        key("load", LOAD_KEY, TenantLimits::default()),
+        key("capped", CAPPED_KEY, capped),
+    ];
+    c.costs.models.insert(
+        "tiny-llama".into(),
+        Price {
+            input: 0.5,
+            cached_input: None,
+            output: 1.5,
+        },
+    );
+    c.costs.hourly_ceiling_usd = Some(50.0);
+    c
+}
+
 /// Real Prometheus and Alertmanager on 127.0.0.1 around weir in front of a slow simulator:
 /// a test variant of the P99 TTFT alert fires and reaches a webhook with the model's name,
 /// then every PromQL expression of the dashboard returns data from that Prometheus.
@@ -250,7 +285,7 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
         ..SimConfig::default()
     })
     .await;
-    let gw = weir::gateway::start(gateway_config(&[sim])).await.unwrap();
+    let gw = weir::gateway::start(tenants_config(sim)).await.unwrap();
     let mut webhook = ops::webhook().await;
     let dcgm = ops::fake_dcgm().await;
     let stack = stack::Stack::start(
@@ -262,7 +297,17 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
         webhook.addr,
     )
     .await;
-    let load = stack::Load::start(gw.addr, 3);
+    let load = stack::Load::start(gw.addr, 3, Some(LOAD_KEY));
+    // A tenant over its limit, for the rate-limited panel: one request a minute, two sent.
+    let client = client();
+    for want in [200, 429] {
+        let mut req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {CAPPED_KEY}").parse().unwrap(),
+        );
+        assert_eq!(send(&client, req).await.0, want);
+    }
 
     let got = tokio::time::timeout(Duration::from_secs(90), async {
         loop {

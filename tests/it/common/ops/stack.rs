@@ -93,6 +93,9 @@ pub fn check_dashboard() {
         "GPU memory",
         "vLLM queue",
         "traces",
+        "Spend per tenant",
+        "Spend per model",
+        "Rate-limited requests per tenant",
     ] {
         assert!(titles.contains(want), "no panel about {want:?}");
     }
@@ -269,26 +272,32 @@ impl Stack {
     }
 }
 
-/// Streamed chat requests through the gateway from `n` tasks until stopped.
+/// Streamed chat requests through the gateway from `n` tasks until stopped, with `key` as
+/// their bearer token when given.
 pub struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    pub fn start(gateway: SocketAddr, n: usize) -> Load {
+    pub fn start(gateway: SocketAddr, n: usize, key: Option<&str>) -> Load {
+        let auth: Option<http::HeaderValue> = key.map(|k| format!("Bearer {k}").parse().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..n)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, auth) = (stop.clone(), auth.clone());
                 tokio::spawn(async move {
                     let client = super::super::client();
                     while !stop.load(Ordering::Relaxed) {
-                        let req = super::super::post(
+                        let mut req = super::super::post(
                             gateway,
                             "/v1/chat/completions",
                             &super::super::chat(true, 8),
                         );
+                        if let Some(a) = &auth {
+                            req.headers_mut()
+                                .insert(http::header::AUTHORIZATION, a.clone());
+                        }
                         if let Ok(res) = client.request(req).await {
                             let _ = res.into_body().collect().await;
                         }
