@@ -37,13 +37,14 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// The `limit` label of `weir_rate_limited_total`, as the metrics contract names it: a
+    /// day's and a month's budget are both `budget` (the client's error says which).
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::Requests => "requests",
             Limit::Tokens => "tokens",
-            Limit::Concurrent => "concurrent",
-            Limit::BudgetDay => "budget_day",
-            Limit::BudgetMonth => "budget_month",
+            Limit::Concurrent => "concurrency",
+            Limit::BudgetDay | Limit::BudgetMonth => "budget",
         }
     }
 
@@ -93,6 +94,32 @@ pub struct Ask {
     pub lease: u64,
     /// A slot whose request never ends (a replica died) lapses after this long.
     pub lease_ttl: Duration,
+}
+
+/// How the limit store failed: the `kind` label of `weir_limit_store_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreFailure {
+    /// No answer within `[limits.redis] timeout`.
+    Timeout,
+    /// Refused, unreachable, or an error answer.
+    Error,
+}
+
+impl StoreFailure {
+    fn of(e: &::redis::RedisError) -> StoreFailure {
+        if e.is_timeout() {
+            StoreFailure::Timeout
+        } else {
+            StoreFailure::Error
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreFailure::Timeout => "timeout",
+            StoreFailure::Error => "error",
+        }
+    }
 }
 
 /// A store's answer.
@@ -199,15 +226,15 @@ impl Limiter {
             Store::Redis(r) => {
                 match tokio::time::timeout(self.timeout, r.admit(&ask, &Period::at(now))).await {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+                    Ok(Err(e)) => Err((StoreFailure::of(&e), e.to_string())),
+                    Err(_) => Err((StoreFailure::Timeout, self.no_answer())),
                 }
             }
         };
         let (verdict, checked) = match verdict {
             Ok(v) => (v, true),
-            Err(e) => {
-                self.store_failed("admit", &e);
+            Err((kind, e)) => {
+                self.store_failed("admit", kind, &e);
                 if self.on_error == OnStoreError::Closed {
                     return Decision::StoreDown;
                 }
@@ -238,8 +265,14 @@ impl Limiter {
         })
     }
 
-    fn store_failed(&self, op: &str, error: &str) {
-        self.metrics.store_error(op);
+    fn no_answer(&self) -> String {
+        format!("no answer within {:?}", self.timeout)
+    }
+
+    /// Counts a failure of the store by kind and logs it (once per interval) with the step
+    /// that failed (`admit` or `settle`).
+    fn store_failed(&self, op: &str, kind: StoreFailure, error: &str) {
+        self.metrics.store_error(kind.as_str());
         let now = now_ms();
         let quiet = self.quiet_until.load(Ordering::Relaxed);
         let next = now + LOG_EVERY.as_millis() as u64;
@@ -277,8 +310,10 @@ impl Limiter {
                     let result = tokio::time::timeout(me.timeout, r.settle(&c, &p)).await;
                     match result {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => me.store_failed("settle", &e.to_string()),
-                        Err(_) => me.store_failed("settle", "no answer in time"),
+                        Ok(Err(e)) => {
+                            me.store_failed("settle", StoreFailure::of(&e), &e.to_string())
+                        }
+                        Err(_) => me.store_failed("settle", StoreFailure::Timeout, &me.no_answer()),
                     }
                 });
             }

@@ -30,17 +30,17 @@ impl TenantMetrics {
         let store_errors = IntCounterVec::new(
             opts(
                 "weir_limit_store_errors_total",
-                "Checks and charges the limit store (Redis) failed or did not answer in time, by op (admit, settle).",
+                "Checks and charges the limit store (Redis) failed (kind: error) or did not answer in time (kind: timeout).",
             ),
-            &["op"],
+            &["kind"],
         )
         .expect("static counter definition");
-        for op in ["admit", "settle"] {
-            store_errors.with_label_values(&[op]);
+        for kind in ["error", "timeout"] {
+            store_errors.with_label_values(&[kind]);
         }
         TenantMetrics {
             rate_limited: register(r, IntCounterVec::new(
-                opts("weir_rate_limited_total", "Requests refused with 429 by a tenant's limit (limit: requests, tokens, concurrent, budget_day, budget_month)."),
+                opts("weir_rate_limited_total", "Requests refused with 429 by a tenant's limit (limit: requests, tokens, concurrency, budget)."),
                 &["tenant", "limit"],
             ).expect("static counter definition")),
             cost: register(r, CounterVec::new(
@@ -69,8 +69,8 @@ impl TenantMetrics {
         self.cost.with_label_values(&[model, tenant]).inc_by(usd);
     }
 
-    pub fn store_error(&self, op: &str) {
-        self.store_errors.with_label_values(&[op]).inc();
+    pub fn store_error(&self, kind: &str) {
+        self.store_errors.with_label_values(&[kind]).inc();
     }
 
     /// The budgets and the ceiling of a (new) config.

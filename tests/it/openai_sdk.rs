@@ -189,7 +189,7 @@ async fn the_sdk_retries_after_the_wait_weir_asks_for() {
     assert_eq!(holder.status(), StatusCode::OK, "{:?}", holder.headers());
 
     let script = start_script(gw.addr, &["retry"]);
-    let refused = [("tenant", "sdk"), ("limit", "concurrent")];
+    let refused = [("tenant", "sdk"), ("limit", "concurrency")];
     wait_for_metrics(gw.admin_addr, "the SDK's first attempt refused", |m| {
         sum(m, "weir_rate_limited_total", &refused) == Some(1.0)
     })
