@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::hostile::{self, Step};
-use crate::common::ops::{TempDir, free_port, root};
+use crate::common::ops::{TempDir, free_port, root, tool_from};
 use crate::common::*;
 use weir_sim::SimConfig;
 
@@ -93,25 +93,6 @@ fn captured_message(name: &str) -> String {
     let body = std::fs::read(root().join("tests/fixtures/vllm-0.32.0").join(name)).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     v["error"]["message"].as_str().unwrap().to_owned()
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// An installed program. Missing: a failure in CI (`CI` set), a skip with a note elsewhere.
-pub fn program(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = format!("`{name}` is not installed; on Debian 12 `apt-get install {package}`");
-        assert!(!in_ci(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
 }
 
 fn url(addr: SocketAddr) -> String {
@@ -429,7 +410,7 @@ fn progress_of(screen: &str) -> Option<(u64, u64, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_the_progress_shows_while_it_runs_and_in_a_pipe_it_is_quiet() {
-    let Some(tmux) = program("tmux", "tmux") else {
+    let Some(tmux) = tool_from("tmux", "tmux") else {
         return;
     };
     let sim = start_sim(SimConfig {

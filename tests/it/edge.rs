@@ -42,11 +42,6 @@ impl tower::Service<Request<Incoming>> for PanicOnPath {
     }
 }
 
-fn sha256(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
 /// A request of trace `n` with request id `id`.
 fn traced(
     mut req: Request<http_body_util::Full<bytes::Bytes>>,

@@ -11,11 +11,6 @@ use weir::config::KeyConfig;
 use weir::gateway;
 use weir_sim::SimConfig;
 
-fn sha256(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
 #[tokio::test]
 async fn api_keys_gate_the_proxy_and_never_reach_the_backend() {
     // The simulator echoes nothing, so a hostile backend shows what arrives upstream.

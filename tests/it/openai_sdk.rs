@@ -10,15 +10,11 @@ use std::time::Duration;
 use crate::common::prom::{sum, value};
 use crate::common::*;
 use http::StatusCode;
-use weir::config::{Config, KeyConfig, TenantLimits};
+use weir::config::{Config, TenantLimits};
 use weir::gateway;
 use weir_sim::SimConfig;
 
 const KEY: &str = "sk-sdk-tenant";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
 
 /// Whether python3 can import `openai`. Not there: a failure in CI, a skip with a note
 /// elsewhere (Debian 12 has no package for it: `.ci/run` installs it with pip).
@@ -38,15 +34,9 @@ fn sdk_installed() -> bool {
     ok
 }
 
+/// A gateway config with one key, `sdk`, limited by `limits`.
 fn config(sim: SocketAddr, limits: TenantLimits) -> Config {
-    use sha2::Digest;
-    let mut c = gateway_config(&[sim]);
-    c.auth.keys = vec![KeyConfig {
-        name: "sdk".into(),
-        sha256: hex::encode(sha2::Sha256::digest(KEY.as_bytes())),
-        limits,
-    }];
-    c
+    tenant_config(sim, "sdk", KEY, limits)
 }
 
 /// Starts tests/it/openai_sdk.py against the gateway; its JSON once it ends (on a blocking

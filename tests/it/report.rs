@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bench_truth::{bench, program, run_bounded};
-use crate::common::ops::TempDir;
+use crate::bench_truth::{bench, run_bounded};
+use crate::common::ops::{TempDir, tool_from};
 use crate::common::*;
 use weir_sim::SimConfig;
 
@@ -129,7 +129,7 @@ fn screenshot(chromium: &Path, html: &Path, png: &Path) {
 
 #[tokio::test]
 async fn the_html_report_of_a_sweep_draws_every_chart_in_chromium() {
-    let Some(chromium) = program("chromium", "chromium") else {
+    let Some(chromium) = tool_from("chromium", "chromium") else {
         return;
     };
     let sim = start_sim(SimConfig {

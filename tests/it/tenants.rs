@@ -10,26 +10,15 @@ use crate::common::ops::RedisServer;
 use crate::common::prom::{sum, value};
 use crate::common::*;
 use http::{HeaderMap, StatusCode};
-use weir::config::{Config, KeyConfig, OnStoreError, Price, RedisConfig, TenantLimits};
+use weir::config::{Config, OnStoreError, Price, RedisConfig, TenantLimits};
 use weir::gateway;
 use weir_sim::SimConfig;
 
 const KEY: &str = "sk-tenant-a";
 
-fn sha256(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
 /// A gateway config with one key, `team-a`, limited by `limits`.
 fn config(sim: SocketAddr, limits: TenantLimits) -> Config {
-    let mut c = gateway_config(&[sim]);
-    c.auth.keys = vec![KeyConfig {
-        name: "team-a".into(),
-        sha256: sha256(KEY),
-        limits,
-    }];
-    c
+    tenant_config(sim, "team-a", KEY, limits)
 }
 
 fn with_redis(mut c: Config, redis: &RedisServer, on_error: OnStoreError) -> Config {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weir_sim::SimConfig;
 
-use crate::common::ops::{TempDir, free_port};
+use crate::common::ops::{TempDir, free_port, tool_from};
 use crate::common::*;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -20,25 +20,6 @@ const MODEL: &str = "tiny-llama";
 /// How long anything the tests wait for may take on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// The `tmux` program. Missing: a failure in CI (`CI` set), a skip with a note elsewhere.
-fn tmux_program() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("tmux"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = "`tmux` is not installed; on Debian 12 `apt-get install tmux` provides it";
-        assert!(!in_ci(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
-}
 
 /// A simulator, a gateway in front of it, and streamed chat requests sent through it one
 /// after another until the test ends (at most `DEADLINE` and 100 000 requests).
@@ -233,7 +214,7 @@ fn model_req_s(screen: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_in_tmux_shows_the_model_switches_views_and_quits_on_q() {
-    let Some(program) = tmux_program() else {
+    let Some(program) = tool_from("tmux", "tmux") else {
         return;
     };
     let traffic = Traffic::start().await;

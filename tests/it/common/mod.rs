@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use weir::config::{BackendConfig, Config};
+use weir::config::{BackendConfig, Config, KeyConfig, TenantLimits};
 use weir::gateway::{self, Gateway};
 use weir_sim::{self as sim, SimConfig};
 
@@ -334,4 +334,28 @@ impl std::io::Write for Sink {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether the tests run in CI (`CI` set, and not to `false` or `0`): there, a real program a
+/// test needs and cannot find fails the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// An API key's SHA-256 as the config holds it (lower-case hex).
+pub fn sha256(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The gateway's config for `sim` with one API key, `key`, of the tenant `name`, held to
+/// `limits`.
+pub fn tenant_config(sim: SocketAddr, name: &str, key: &str, limits: TenantLimits) -> Config {
+    let mut c = gateway_config(&[sim]);
+    c.auth.keys = vec![KeyConfig {
+        name: name.into(),
+        sha256: sha256(key),
+        limits,
+    }];
+    c
 }

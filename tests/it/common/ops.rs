@@ -2,6 +2,7 @@
 //! child processes killed on drop, small HTTP servers (a webhook receiver, a fake
 //! dcgm-exporter) and the Prometheus HTTP API.
 
+use super::in_ci;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,10 +23,6 @@ pub mod stack;
 /// The repository's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// An installed program. Missing: a failure in CI (`CI` set), a skip with a note elsewhere.
