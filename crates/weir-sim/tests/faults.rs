@@ -1,56 +1,34 @@
 //! The hostile faults over real sockets: each one's first bytes, a huge body's shape and
 //! usage, and floods that end when the client goes away or the simulator stops.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{BOUND, Server};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use weir_sim::{Fault, SimConfig, serve};
+use weir_sim::{Fault, SimConfig};
 
-const BOUND: Duration = Duration::from_secs(10);
 const CHAT: &str = "/v1/chat/completions";
 const STREAM: &str = r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
 const WHOLE: &str = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+/// What the faults need beside the shared client, whose pooled connections would hide a
+/// connection's end.
+trait OwnConnection {
+    async fn call_alone(&self, method: &str, path: &str, fault: Option<&str>, body: &str) -> Call;
 }
 
-impl Server {
-    async fn start(config: SimConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, async move {
-            let _ = rx.await;
-        }));
-        Server {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(BOUND, &mut self.task).await;
-        result.expect("serve did not stop").unwrap().unwrap();
-    }
-
+impl OwnConnection for Server {
     /// One request on a connection of its own; dropping the `Call` closes the connection.
-    async fn call(&self, method: &str, path: &str, fault: Option<&str>, body: &str) -> Call {
+    async fn call_alone(&self, method: &str, path: &str, fault: Option<&str>, body: &str) -> Call {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
@@ -72,11 +50,6 @@ impl Server {
             .expect("no response head")
             .unwrap();
         Call { response, conn }
-    }
-
-    async fn metrics(&self) -> String {
-        let mut call = self.call("GET", "/metrics", None, "").await;
-        String::from_utf8(call.read(usize::MAX).await).unwrap()
     }
 }
 
@@ -164,7 +137,7 @@ fn fault_syntax() {
 async fn each_flood_starts_with_the_role_chunk_and_then_floods() {
     let s = Server::start(SimConfig::fast()).await;
     for fault in ["endless-event", "finish-flood", "token-flood", "junk-flood"] {
-        let mut call = s.call("POST", CHAT, Some(fault), STREAM).await;
+        let mut call = s.call_alone("POST", CHAT, Some(fault), STREAM).await;
         assert_eq!(call.response.status(), StatusCode::OK, "{fault}");
         assert!(call.header("content-type").starts_with("text/event-stream"));
         // Much more than any normal answer: floods go on.
@@ -222,7 +195,7 @@ async fn completions_floods_have_no_role_chunk_and_config_faults_apply() {
     })
     .await;
     let body = r#"{"prompt":"Once upon a time","stream":true}"#;
-    let mut call = s.call("POST", "/v1/completions", None, body).await;
+    let mut call = s.call_alone("POST", "/v1/completions", None, body).await;
     let body = call.read(256 << 10).await;
     let events = events(&body);
     assert!(events.len() > 100);
@@ -238,7 +211,9 @@ async fn completions_floods_have_no_role_chunk_and_config_faults_apply() {
 #[tokio::test]
 async fn a_non_streamed_flood_is_a_json_body_that_never_ends() {
     let s = Server::start(SimConfig::fast()).await;
-    let mut call = s.call("POST", CHAT, Some("finish-flood"), WHOLE).await;
+    let mut call = s
+        .call_alone("POST", CHAT, Some("finish-flood"), WHOLE)
+        .await;
     assert_eq!(call.response.status(), StatusCode::OK);
     assert_eq!(call.header("content-type"), "application/json");
     assert!(call.response.headers().get("content-length").is_none());
@@ -255,7 +230,7 @@ async fn a_non_streamed_flood_is_a_json_body_that_never_ends() {
 #[tokio::test]
 async fn huge_json_is_valid_json_with_its_usage_last() {
     let s = Server::start(SimConfig::fast()).await;
-    let mut call = s.call("POST", CHAT, Some("huge-json=3"), WHOLE).await;
+    let mut call = s.call_alone("POST", CHAT, Some("huge-json=3"), WHOLE).await;
     assert_eq!(call.response.status(), StatusCode::OK);
     let length: usize = call.header("content-length").parse().unwrap();
     let body = call.read(usize::MAX).await;
@@ -282,7 +257,7 @@ async fn huge_json_is_valid_json_with_its_usage_last() {
 
     // Streamed: the content in one event, then the usage chunk and [DONE].
     let body = r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
-    let mut call = s.call("POST", CHAT, Some("huge-json=2"), body).await;
+    let mut call = s.call_alone("POST", CHAT, Some("huge-json=2"), body).await;
     let body = call.read(usize::MAX).await;
     let text = std::str::from_utf8(&body).unwrap();
     let events: Vec<&str> = text.split_terminator("\n\n").collect();
@@ -323,7 +298,7 @@ async fn a_flood_ends_when_the_client_goes_away() {
         .into_iter()
         .enumerate()
     {
-        let mut call = s.call("POST", CHAT, Some(fault), STREAM).await;
+        let mut call = s.call_alone("POST", CHAT, Some(fault), STREAM).await;
         call.read(512 << 10).await;
         let m = s.metrics().await;
         assert_eq!(metric(&m, RUNNING), 1.0, "{fault} counts as running");
@@ -336,7 +311,9 @@ async fn a_flood_ends_when_the_client_goes_away() {
         .await;
     }
     // One that never reads at all (the server blocked on a full socket) ends too.
-    let call = s.call("POST", CHAT, Some("token-flood"), STREAM).await;
+    let call = s
+        .call_alone("POST", CHAT, Some("token-flood"), STREAM)
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(call);
     until_metrics(&s, "unread", |m| metric(m, RUNNING) == 0.0).await;
@@ -346,7 +323,7 @@ async fn a_flood_ends_when_the_client_goes_away() {
 #[tokio::test]
 async fn a_flood_ends_when_the_simulator_stops() {
     let s = Server::start(SimConfig::fast()).await;
-    let mut call = s.call("POST", CHAT, Some("junk-flood"), STREAM).await;
+    let mut call = s.call_alone("POST", CHAT, Some("junk-flood"), STREAM).await;
     call.read(64 << 10).await;
     let reader = tokio::spawn(async move { call.read(usize::MAX).await.len() });
     // serve() returns within BOUND: the flood was cut.
@@ -357,10 +334,12 @@ async fn a_flood_ends_when_the_simulator_stops() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_leaves_room_for_other_requests() {
     let s = Server::start(SimConfig::fast()).await;
-    let mut call = s.call("POST", CHAT, Some("token-flood"), STREAM).await;
+    let mut call = s
+        .call_alone("POST", CHAT, Some("token-flood"), STREAM)
+        .await;
     let reader = tokio::spawn(async move { call.read(256 << 20).await.len() });
     let start = Instant::now();
-    let mut normal = s.call("POST", CHAT, None, WHOLE).await;
+    let mut normal = s.call_alone("POST", CHAT, None, WHOLE).await;
     assert_eq!(normal.response.status(), StatusCode::OK);
     let body: Value = serde_json::from_slice(&normal.read(usize::MAX).await).unwrap();
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
