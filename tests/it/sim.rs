@@ -1,9 +1,9 @@
 //! Integration tests of the vLLM simulator over real sockets, against vLLM 0.32 captures.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::common::StoppableSim;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -12,10 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use weir_sim::{Fault, SimConfig, serve};
+use weir_sim::{Fault, SimConfig};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -29,40 +26,6 @@ fn fixture_dir() -> PathBuf {
 fn fixture(name: &str) -> String {
     let path = fixture_dir().join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(config: SimConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, async move {
-            let _ = rx.await;
-        }));
-        Server {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(BOUND, &mut self.task).await;
-        result.expect("serve did not stop").unwrap().unwrap();
-    }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -213,12 +176,12 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} {label} in\n{text}"))
 }
 
-async fn metrics(c: &HttpClient, s: &Server) -> String {
+async fn metrics(c: &HttpClient, s: &StoppableSim) -> String {
     call(c, Method::GET, &s.url("/metrics"), &[], "").await.2
 }
 
 /// Polls /metrics until `pred` holds, within a bound.
-async fn wait_metrics(c: &HttpClient, s: &Server, pred: impl Fn(&str) -> bool) -> String {
+async fn wait_metrics(c: &HttpClient, s: &StoppableSim, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + BOUND;
     loop {
         let text = metrics(c, s).await;
@@ -242,7 +205,7 @@ fn chat_body(max_tokens: u32, extra: &str) -> String {
 
 #[tokio::test]
 async fn chat_stream_with_usage_matches_fixture() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let body = chat_body(
         32,
         r#","stream":true,"stream_options":{"include_usage":true}"#,
@@ -262,7 +225,7 @@ async fn chat_stream_with_usage_matches_fixture() {
 
 #[tokio::test]
 async fn chat_stream_continuous_usage_matches_fixture() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let extra =
         r#","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}"#;
     let (_, _, text) = post(&client(), &s.url(CHAT), &chat_body(32, extra)).await;
@@ -280,7 +243,7 @@ async fn chat_stream_continuous_usage_matches_fixture() {
 
 #[tokio::test]
 async fn chat_stream_without_usage_matches_fixture() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let (_, _, text) = post(&client(), &s.url(CHAT), &chat_body(8, r#","stream":true"#)).await;
     assert_eq!(
         sse_shape(&text, true),
@@ -298,7 +261,7 @@ async fn chat_stream_without_usage_matches_fixture() {
 
 #[tokio::test]
 async fn completions_stream_matches_fixture() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let body = r#"{"model":"tiny-llama","prompt":"Once upon a time","max_tokens":16,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}"#;
     let (status, headers, text) = post(&client(), &s.url(COMPLETIONS), body).await;
     assert_eq!(status, StatusCode::OK);
@@ -312,7 +275,7 @@ async fn completions_stream_matches_fixture() {
 
 #[tokio::test]
 async fn non_streamed_bodies_match_fixtures() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let (status, headers, text) = post(&c, &s.url(CHAT), &chat_body(32, "")).await;
     assert_eq!(status, StatusCode::OK);
@@ -345,7 +308,7 @@ async fn non_streamed_bodies_match_fixtures() {
 
 #[tokio::test]
 async fn prompt_plus_max_tokens_is_capped_like_vllm() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     // 32 bytes of content: 14 prompt tokens with the sim's estimate, as in the capture.
     let body = r#"{"messages":[{"role":"user","content":"abcdefghijklmnopqrstuvwxyz012345"}],"max_tokens":500,"ignore_eos":true}"#;
     let (status, _, text) = post(&client(), &s.url(CHAT), body).await;
@@ -361,7 +324,7 @@ async fn prompt_plus_max_tokens_is_capped_like_vllm() {
 
 #[tokio::test]
 async fn error_fixtures_are_reproduced() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let long_prompt = "x".repeat(2048);
     let long = format!(r#"{{"model":"tiny-llama","prompt":"{long_prompt}","max_tokens":4}}"#);
@@ -389,7 +352,7 @@ async fn error_fixtures_are_reproduced() {
 
 #[tokio::test]
 async fn models_health_and_content_types() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let (status, headers, text) = call(&c, Method::GET, &s.url("/v1/models"), &[], "").await;
     assert_eq!(status, StatusCode::OK);
@@ -419,7 +382,7 @@ async fn models_health_and_content_types() {
         max_model_len: 4096,
         ..SimConfig::fast()
     };
-    let s2 = Server::start(custom).await;
+    let s2 = StoppableSim::any_port(custom).await;
     let (_, _, text) = call(&c, Method::GET, &s2.url("/v1/models"), &[], "").await;
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
@@ -439,7 +402,7 @@ async fn same_request_id_gives_identical_bytes() {
         fixed_created: Some(1_700_000_000),
         ..SimConfig::fast()
     };
-    let s = Server::start(config).await;
+    let s = StoppableSim::any_port(config).await;
     let c = client();
     let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":50,"stream":true,"stream_options":{"include_usage":true}}"#;
     let get = |id: &'static str| {
@@ -482,7 +445,7 @@ async fn same_request_id_gives_identical_bytes() {
 
 #[tokio::test]
 async fn output_length_and_finish_reason_without_ignore_eos() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let mut saw_stop = false;
     for i in 0..20 {
@@ -521,7 +484,7 @@ async fn ttft_and_itl_are_honoured() {
         itl: Duration::from_millis(10),
         ..SimConfig::default()
     };
-    let s = Server::start(config).await;
+    let s = StoppableSim::any_port(config).await;
     let c = client();
     let start = Instant::now();
     let mut resp = open(
@@ -547,7 +510,7 @@ async fn ttft_and_itl_are_honoured() {
     assert!(total < Duration::from_secs(3), "{total:?}");
 
     // Header overrides, non-streamed: 40ms + 2 x 5ms.
-    let fast = Server::start(SimConfig::fast()).await;
+    let fast = StoppableSim::any_port(SimConfig::fast()).await;
     let start = Instant::now();
     let headers = [("x-sim-ttft-ms", "40"), ("x-sim-itl-ms", "5")];
     let (status, _, _) = call(
@@ -579,7 +542,7 @@ async fn ttft_and_itl_are_honoured() {
 
 #[tokio::test]
 async fn http_fault_error_rate_and_fault_flag() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let (status, _, text) = call(
         &c,
@@ -615,7 +578,7 @@ async fn http_fault_error_rate_and_fault_flag() {
     );
     s.shutdown().await;
 
-    let s = Server::start(SimConfig {
+    let s = StoppableSim::any_port(SimConfig {
         error_rate: 1.0,
         ..SimConfig::fast()
     })
@@ -629,7 +592,7 @@ async fn http_fault_error_rate_and_fault_flag() {
     );
     s.shutdown().await;
 
-    let s = Server::start(SimConfig {
+    let s = StoppableSim::any_port(SimConfig {
         fault: Some(Fault::Http(429)),
         ..SimConfig::fast()
     })
@@ -652,7 +615,7 @@ async fn http_fault_error_rate_and_fault_flag() {
 
 #[tokio::test]
 async fn error_event_fault_then_done() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let (status, _, text) = call(
         &c,
@@ -691,7 +654,7 @@ async fn error_event_fault_then_done() {
 
 #[tokio::test]
 async fn close_fault_breaks_the_body() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let resp = open(
         &c,
@@ -724,7 +687,7 @@ async fn close_fault_breaks_the_body() {
 
 #[tokio::test]
 async fn stall_fault_sends_nothing_and_abort_is_counted() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let mut resp = open(
         &c,
@@ -762,7 +725,7 @@ async fn client_disconnect_counts_abort() {
         ttft: Duration::ZERO,
         ..SimConfig::default()
     };
-    let s = Server::start(config).await;
+    let s = StoppableSim::any_port(config).await;
     let c = client();
     let before = metrics(&c, &s).await;
     for reason in ["stop", "length", "abort", "error", "repetition"] {
@@ -800,7 +763,7 @@ async fn queueing_counts_waiting_requests() {
         itl: Duration::from_millis(20),
         ..SimConfig::default()
     };
-    let s = Server::start(config).await;
+    let s = StoppableSim::any_port(config).await;
     let c = client();
     let mut first = open(
         &c,
@@ -838,7 +801,7 @@ async fn queueing_counts_waiting_requests() {
 
 #[tokio::test]
 async fn metrics_count_tokens_and_finished_requests() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let (_, _, text) = post(
         &c,
@@ -896,7 +859,7 @@ async fn h2c_and_many_concurrent_streams() {
         itl: Duration::from_millis(2),
         ..SimConfig::default()
     };
-    let s = Server::start(config).await;
+    let s = StoppableSim::any_port(config).await;
     let h2: HttpClient = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -932,7 +895,7 @@ async fn h2c_and_many_concurrent_streams() {
 
 #[tokio::test]
 async fn shutdown_cuts_stalled_streams() {
-    let s = Server::start(SimConfig {
+    let s = StoppableSim::any_port(SimConfig {
         fault: Some(Fault::Stall { after: 1 }),
         ..SimConfig::fast()
     })
@@ -957,7 +920,7 @@ async fn shutdown_cuts_stalled_streams() {
 
 #[tokio::test]
 async fn hostile_bodies_get_errors_not_panics() {
-    let s = Server::start(SimConfig::fast()).await;
+    let s = StoppableSim::any_port(SimConfig::fast()).await;
     let c = client();
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let bodies = [

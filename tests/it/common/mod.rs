@@ -56,14 +56,30 @@ impl StoppableSim {
         }
     }
 
-    /// Stops serving: the port refuses connections once this returns.
+    /// On a free port of 127.0.0.1.
+    pub async fn any_port(config: SimConfig) -> StoppableSim {
+        StoppableSim::start(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops serving: the port refuses connections once this returns, and serving ended
+    /// without an error within 10 s.
     pub async fn kill(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
-            t.await.unwrap().unwrap();
+            let ended = tokio::time::timeout(Duration::from_secs(10), t).await;
+            ended.expect("serve did not stop").unwrap().unwrap();
         }
+    }
+
+    /// [`kill`](Self::kill), for a simulator the test is done with.
+    pub async fn shutdown(mut self) {
+        self.kill().await;
     }
 }
 
