@@ -224,3 +224,21 @@ fn non_empty(v: Option<&RawValue>) -> bool {
 fn kind<'a>(of_data: Option<&'a str>, name: Option<&'a [u8]>) -> Option<&'a str> {
     of_data.or_else(|| name.and_then(|n| std::str::from_utf8(n).ok()))
 }
+
+/// The start of a typed event's (Responses, Messages) classification: its type, and the info
+/// with `error` set from the event's error field; without a type, the info is final (an error
+/// event, or an invalid one).
+#[inline]
+fn typed<'a, 'b>(
+    error: bool,
+    of_data: Option<&'b str>,
+    name: Option<&'b [u8]>,
+) -> (Option<&'b str>, EventInfo<'a>) {
+    let kind = kind(of_data, name);
+    let info = EventInfo {
+        error,
+        invalid: kind.is_none() && !error,
+        ..EventInfo::default()
+    };
+    (kind, info)
+}

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::{EventInfo, Reported, Usage, borrowed, kind, non_empty, parse};
+use super::{EventInfo, Reported, Usage, borrowed, non_empty, parse, typed};
 
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -138,14 +138,8 @@ pub(super) fn event<'a>(name: Option<&'a [u8]>, data: &'a [u8]) -> EventInfo<'a>
     else {
         return EventInfo::invalid();
     };
-    let mut info = EventInfo {
-        error: error.is_some(),
-        ..EventInfo::default()
-    };
-    let Some(kind) = kind(of_data.as_deref(), name) else {
-        info.invalid = !info.error;
-        return info;
-    };
+    let (kind, mut info) = typed(error.is_some(), of_data.as_deref(), name);
+    let Some(kind) = kind else { return info };
     match kind {
         "content_block_delta" => {
             if let Some(d) = delta {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::{EventInfo, Usage, borrowed, kind, non_empty, parse};
+use super::{EventInfo, Usage, borrowed, non_empty, parse, typed};
 
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -136,14 +136,8 @@ pub(super) fn event<'a>(name: Option<&'a [u8]>, data: &'a [u8]) -> EventInfo<'a>
     else {
         return EventInfo::invalid();
     };
-    let mut info = EventInfo {
-        error: error.is_some(),
-        ..EventInfo::default()
-    };
-    let Some(kind) = kind(of_data.as_deref(), name) else {
-        info.invalid = !info.error;
-        return info;
-    };
+    let (kind, mut info) = typed(error.is_some(), of_data.as_deref(), name);
+    let Some(kind) = kind else { return info };
     match kind {
         "response.output_text.delta" | "response.function_call_arguments.delta" => {
             info.content = non_empty(delta);
