@@ -9,7 +9,7 @@ use http::uri::{Authority, Scheme};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, Timeouts};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamTls};
 
 /// One backend: its address, connection pool, load and health.
 pub struct Backend {
@@ -73,6 +73,10 @@ impl Backend {
             .unwrap_or_default();
         let timeouts = global.with(&cfg.timeouts);
         let models = (!cfg.models.is_empty()).then(|| Arc::from(cfg.models.clone()));
+        // Checked by the config's validation: an error here is a file changed since.
+        let tls = UpstreamTls::for_backend(cfg, &format!("backends[{}].tls", cfg.name))
+            .map_err(|e| tracing::error!(backend = %cfg.name, error = %e, "backend left out"))
+            .ok()?;
         Some(Backend {
             name: cfg.name.as_str().into(),
             url: cfg.url.clone(),
@@ -81,7 +85,8 @@ impl Backend {
                 parts.authority.as_ref()?,
                 timeouts.connect,
                 timeouts.pool_idle,
-            ),
+            )
+            .with_tls(tls),
             authority: parts.authority?,
             prefix,
             weight: cfg.weight.max(1),
@@ -196,6 +201,7 @@ pub(crate) fn same(old: &Backend, new: &Backend, cfg: &BackendConfig) -> bool {
         && old.weight == new.weight
         && old.max_concurrency == new.max_concurrency
         && old.timeouts == new.timeouts
+        && old.upstream.tls_fingerprint() == new.upstream.tls_fingerprint()
         && old.models_configured != cfg.models.is_empty()
         && (!old.models_configured || old.models().as_deref() == Some(&cfg.models[..]))
 }

@@ -12,6 +12,7 @@ mod restart;
 mod slo;
 mod telemetry;
 mod tenants;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
 pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
 pub use tenants::{Costs, OnStoreError, Price, RedisConfig, TenantLimits};
+pub use tls::{BackendTls, ListenerTls, provider as tls_provider};
 
 /// The whole configuration of a gateway.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,8 @@ pub struct Config {
     /// Proxy listener (clients connect here).
     #[serde(deserialize_with = "de::listen")]
     pub listen: SocketAddr,
+    /// `[tls]`: the proxy listener speaks TLS with this certificate (None: plain TCP).
+    pub tls: Option<ListenerTls>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/backends`.
     #[serde(deserialize_with = "de::listen")]
     pub admin_listen: SocketAddr,
@@ -71,12 +75,15 @@ pub struct Admin {
     /// Hex SHA-256 of a bearer token required for `/metrics` and `/backends` (empty: none;
     /// `/healthz` and `/readyz` stay open for probes).
     pub token_sha256: String,
+    /// `[admin.tls]`: the admin listener speaks TLS with this certificate (None: plain TCP).
+    pub tls: Option<ListenerTls>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             models: Vec::new(),
             backends: Vec::new(),
@@ -164,6 +171,13 @@ impl Config {
             return Err(ConfigError::invalid("admin.token_sha256", HASH_REASON)
                 .value(error::quoted(&self.admin.token_sha256))
                 .example(HASH_EXAMPLE));
+        }
+        // The files are read here, so that a bad one is named before anything starts.
+        if let Some(t) = &self.tls {
+            t.load("tls")?;
+        }
+        if let Some(t) = &self.admin.tls {
+            t.load("admin.tls")?;
         }
         self.limits.validate()?;
         self.costs.validate()?;

@@ -12,6 +12,7 @@ use crate::app;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::tls::ServerTls;
 use crate::{admin, health, server};
 
 /// Handle on a gateway started with [`start`].
@@ -20,6 +21,9 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub state: Arc<AppState>,
+    /// The listeners' TLS (`[tls]`, `[admin.tls]`), whose certificates a reload re-reads.
+    tls: Option<Arc<ServerTls>>,
+    admin_tls: Option<Arc<ServerTls>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     health: JoinHandle<()>,
@@ -41,6 +45,8 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Metrics::with_slo(config.known_models(), &config.slo);
+    let tls = listener_tls("proxy", "tls", config.tls.as_ref(), &metrics)?;
+    let admin_tls = listener_tls("admin", "admin.tls", config.admin.tls.as_ref(), &metrics)?;
     let proxy_opts = server::Options {
         grace: config.shutdown_grace,
         header_read_timeout: Some(config.limits.header_read_timeout),
@@ -48,10 +54,12 @@ pub async fn start_with(
             .then_some(config.limits.max_connections),
         max_head_bytes: Some(config.limits.max_head_bytes),
         rejected: None,
+        tls: tls.clone(),
     };
     let admin_opts = server::Options {
         grace: config.shutdown_grace,
         header_read_timeout: Some(config.limits.header_read_timeout),
+        tls: admin_tls.clone(),
         ..server::Options::default()
     };
     let proxy_opts = server::Options {
@@ -87,6 +95,8 @@ pub async fn start_with(
     tracing::info!(
         %addr,
         %admin_addr,
+        tls = tls.is_some(),
+        admin_tls = admin_tls.is_some(),
         backends = state.current().pool.backends.len(),
         runtime = flavor,
         workers = rt.metrics().num_workers(),
@@ -96,10 +106,26 @@ pub async fn start_with(
         addr,
         admin_addr,
         state,
+        tls,
+        admin_tls,
         stop,
         tasks: vec![proxy, admin],
         health,
     })
+}
+
+/// A listener's TLS from its table (None: plain TCP); a file that cannot be used names the
+/// field and the file.
+fn listener_tls(
+    listener: &'static str,
+    at: &'static str,
+    cfg: Option<&crate::config::ListenerTls>,
+    metrics: &Metrics,
+) -> std::io::Result<Option<Arc<ServerTls>>> {
+    let Some(cfg) = cfg else { return Ok(None) };
+    ServerTls::new(listener, at, cfg, metrics)
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// Binds one listener; a failure names the listener, its address, and how to pick another.
@@ -141,8 +167,9 @@ impl Gateway {
 
 impl Gateway {
     /// Loads and validates `path` and, when it is good, switches to its backends, balancing,
-    /// health, timeouts, keys and per-request limits; otherwise keeps the running config and
-    /// says why. The fields read only at start (listeners, connection limits, `[slo]`,
+    /// health, timeouts, keys and per-request limits, and the listeners' TLS certificates
+    /// (for new handshakes; open connections keep theirs); otherwise keeps the running config
+    /// and certificates and says why. The fields read only at start (listeners, connection limits, `[slo]`,
     /// `[telemetry]`) keep their running values: the log line and the result name those that
     /// changed, which need a restart.
     pub fn reload_from(
@@ -157,7 +184,21 @@ impl Gateway {
         config.normalise();
         config.validate().map_err(|e| e.origin(origin()))?;
         let not_applied = config.keep_fixed_at_start(&self.state.current().config);
+        // Both certificates read before anything changes: one bad file refuses the reload.
+        let read = |tls: &Option<Arc<ServerTls>>, cfg: &Option<crate::config::ListenerTls>| match (
+            tls, cfg,
+        ) {
+            (Some(t), Some(c)) => t.read(c).map(|k| Some((t.clone(), k))),
+            _ => Ok(None),
+        };
+        let certs = [
+            read(&self.tls, &config.tls).map_err(|e| e.origin(origin()))?,
+            read(&self.admin_tls, &config.admin.tls).map_err(|e| e.origin(origin()))?,
+        ];
         self.state.reload(config);
+        for (tls, key) in certs.into_iter().flatten() {
+            tls.install(key);
+        }
         let backends = self.state.current().pool.backends.len();
         if not_applied.is_empty() {
             tracing::info!(path = %path.display(), backends, "config reloaded");

@@ -2,7 +2,8 @@
 //! in-band and exports what it sees as Prometheus metrics, JSON access logs and OTLP traces.
 //!
 //! ```text
-//! client ──► server    (hyper-util: HTTP/1.1 + h2c, graceful shutdown)        server.rs
+//! client ──► server    (hyper-util: HTTP/1.1 + h2c, or TLS with ALPN; graceful
+//!                       shutdown)                                            server.rs, tls.rs
 //!        ──► edge      (x-request-id; the request's record starts: t0, trace
 //!                       context, the config it works with; recorded exactly
 //!                       once however it ends)                                  edge.rs, record.rs
@@ -58,5 +59,6 @@ pub mod slo;
 pub mod state;
 pub mod telemetry;
 pub mod tenants;
+pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -72,6 +72,8 @@ struct Inner {
     slo: crate::slo::Slo,
     tenants: crate::tenants::TenantMetrics,
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    /// `weir_tls_handshake_errors_total{listener, reason}`.
+    tls_handshake_errors: IntCounterVec,
 }
 
 type SeriesKey = (Arc<str>, Operation, Arc<str>);
@@ -212,8 +214,20 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric names");
+        let tls_handshake_errors = IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_tls_handshake_errors_total",
+                "TLS handshakes on a listener that failed, by reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_handshake_errors.clone()))
+            .expect("unique metric names");
         let inner = Inner {
             f: Families::new(&registry, &ttft_buckets, &itl_buckets),
+            tls_handshake_errors,
             ttft_buckets,
             itl_buckets,
             slo: crate::slo::Slo::new(slo, &registry),
@@ -308,6 +322,14 @@ impl Metrics {
             .errors
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    /// The failed TLS handshakes of one listener (`proxy`, `admin`) and reason: exported at 0
+    /// from the first call.
+    pub fn tls_handshake_errors(&self, listener: &str, reason: &str) -> IntCounter {
+        self.inner
+            .tls_handshake_errors
+            .with_label_values(&[listener, reason])
     }
 
     /// The counter of one rejection reason (handed to the server for connections).

@@ -7,6 +7,9 @@
 //! buffer to 16 KiB to read the rest of the head, for the life of the connection: 8 KiB of
 //! resident memory per client connection. The auto builder still serves the rare client
 //! whose first packet holds only part of the h2c preface.
+//!
+//! With TLS (`Options::tls`) the handshake comes first, bounded by the header read timeout,
+//! and ALPN decides instead: `h2` is HTTP/2, anything else (or no ALPN) HTTP/1.1.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,11 +23,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::server::TlsStream;
 use tower::{Service, ServiceExt};
 
 use crate::forward::ClientAddr;
+use crate::tls::{HandshakeError, ServerTls};
 
 /// Marks a request that came on a connection over the connection limit.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +53,8 @@ pub struct Options {
     pub max_head_bytes: Option<usize>,
     /// Counts connections refused by `max_connections`.
     pub rejected: Option<prometheus::IntCounter>,
+    /// TLS on this listener (None: plain TCP).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and lets
@@ -96,7 +104,13 @@ where
                     if let Some(c) = &opts.rejected {
                         c.inc();
                     }
-                    tokio::spawn(refuse(builders.auto.clone(), stream, service.clone(), peer));
+                    tokio::spawn(refuse(
+                        builders.clone(),
+                        opts.tls.clone(),
+                        stream,
+                        service.clone(),
+                        peer,
+                    ));
                     continue;
                 }
             },
@@ -109,6 +123,7 @@ where
             });
         let conn = Conn {
             builders: builders.clone(),
+            tls: opts.tls.clone(),
             header_read_timeout,
             stop: stop.clone(),
             watcher: graceful.watcher(),
@@ -159,6 +174,7 @@ impl Builders {
 /// What serving one accepted connection needs.
 struct Conn {
     builders: Arc<Builders>,
+    tls: Option<Arc<ServerTls>>,
     header_read_timeout: Option<Duration>,
     /// Turns true on shutdown: a connection not yet handed to hyper ends.
     stop: watch::Receiver<bool>,
@@ -166,7 +182,8 @@ struct Conn {
 }
 
 impl Conn {
-    /// Tells HTTP/1 from h2c by the first bytes, then serves the connection to its end.
+    /// Tells HTTP/1 from h2c by the first bytes (or completes the TLS handshake and asks
+    /// ALPN), then serves the connection to its end.
     async fn serve<S, B>(
         mut self,
         stream: TcpStream,
@@ -183,6 +200,21 @@ impl Conn {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some(tls) = self.tls.take() {
+            let accepted = tokio::select! {
+                s = handshake(&tls, stream, peer, self.header_read_timeout) => s,
+                _ = self.stop.wait_for(|&s| s) => None,
+            };
+            let Some(stream) = accepted else { return };
+            let builder = self.builders.for_alpn(&stream);
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+            return;
+        }
         let sniffed = async {
             match self.header_read_timeout {
                 Some(t) => tokio::time::timeout(t, sniff(&stream)).await.ok(),
@@ -208,6 +240,79 @@ impl Conn {
     }
 }
 
+impl Builders {
+    /// HTTP/2 when the client and the server agreed on `h2`, else HTTP/1.1.
+    fn for_alpn(&self, stream: &TlsStream<TcpStream>) -> &auto::Builder<TokioExecutor> {
+        match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => &self.h2,
+            _ => &self.h1,
+        }
+    }
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What a plaintext HTTP request to a TLS port is answered, before the connection closes.
+const NOT_TLS_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+connection: close\r\ncontent-length: 120\r\n\r\n\
+{\"error\":{\"message\":\"this port speaks HTTPS: plain HTTP was sent\",\
+\"type\":\"invalid_request_error\",\"code\":\"tls_required\"}}";
+
+/// The server side of a TLS handshake, within `timeout`: the stream, or None after the
+/// failure was counted by its reason.
+async fn handshake(
+    tls: &ServerTls,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    timeout: Option<Duration>,
+) -> Option<TlsStream<TcpStream>> {
+    let attempt = async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) => {
+                let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return Err((HandshakeError::Eof, e));
+            }
+            Ok(_) if first[0] != TLS_HANDSHAKE => {
+                // An HTTP client that meant https: it gets an answer it can show.
+                if first[0].is_ascii_uppercase() {
+                    let _ = stream.write_all(NOT_TLS_ANSWER).await;
+                    let _ = stream.shutdown().await;
+                }
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the first bytes are not a TLS handshake",
+                );
+                return Err((HandshakeError::NotTls, e));
+            }
+            Ok(_) => {}
+            Err(e) => return Err((HandshakeError::of(&e), e)),
+        }
+        tls.acceptor()
+            .accept(stream)
+            .await
+            .map_err(|e| (HandshakeError::of(&e), e))
+    };
+    let done = match timeout {
+        Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete handshake within limits.header_read_timeout",
+            );
+            Err((HandshakeError::Timeout, e))
+        }),
+        None => attempt.await,
+    };
+    match done {
+        Ok(s) => Some(s),
+        Err((reason, e)) => {
+            tls.failed(reason, peer, &e);
+            None
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 enum Proto {
     Http1,
@@ -229,10 +334,11 @@ async fn sniff(stream: &TcpStream) -> Proto {
     }
 }
 
-/// Serves an over-limit connection for at most 5 s, its requests marked for the service to
-/// refuse.
+/// Serves an over-limit connection for at most 5 s (its TLS handshake included), its
+/// requests marked for the service to refuse.
 async fn refuse<S, B>(
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
+    tls: Option<Arc<ServerTls>>,
     stream: TcpStream,
     service: S,
     peer: std::net::SocketAddr,
@@ -251,14 +357,27 @@ async fn refuse<S, B>(
         req.extensions_mut().insert(OverConnectionLimit);
         req
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    let svc = TowerToHyperService::new(svc);
+    let serving = async {
+        match tls {
+            None => {
+                let conn = builders.auto.serve_connection(TokioIo::new(stream), svc);
+                let _ = conn.await;
+            }
+            Some(tls) => {
+                if let Some(stream) = handshake(&tls, stream, peer, None).await {
+                    let builder = builders.for_alpn(&stream);
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     /// The server's view of a connection after the client wrote `first` (and closed, if asked).
     async fn sniffed(first: &[u8], close: bool) -> Proto {

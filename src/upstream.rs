@@ -33,14 +33,17 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
+use crate::config::{BackendConfig, ConfigError};
 use crate::forward::UpstreamBody;
 
 mod conn;
 
-use conn::{Conn, Relay};
+use conn::{Conn, Connection, Relay};
 
 struct Idle {
     conn: Conn,
@@ -50,6 +53,10 @@ struct Idle {
 struct Inner {
     host: String,
     port: u16,
+    /// The URL named no port: 80, or 443 with TLS.
+    default_port: bool,
+    /// TLS to the backend (an `https://` URL).
+    tls: Option<UpstreamTls>,
     authority: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -69,13 +76,17 @@ pub struct Upstream {
 pub enum UpstreamError {
     /// No connection could be made.
     Connect(io::Error),
+    /// Connected, but the TLS handshake failed (the backend's certificate was not trusted,
+    /// or it refused ours).
+    Tls(io::Error),
     /// Connected, but the exchange failed.
     Http(hyper::Error),
 }
 
 impl UpstreamError {
+    /// No request reached the backend: it may go to another.
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_))
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::Tls(_))
     }
 
     pub fn is_timeout(&self) -> bool {
@@ -87,6 +98,7 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamError::Connect(_) => f.write_str("tcp connect error"),
+            UpstreamError::Tls(_) => f.write_str("tls handshake error"),
             UpstreamError::Http(_) => f.write_str("http error"),
         }
     }
@@ -95,7 +107,7 @@ impl fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            UpstreamError::Connect(e) => Some(e),
+            UpstreamError::Connect(e) | UpstreamError::Tls(e) => Some(e),
             UpstreamError::Http(e) => Some(e),
         }
     }
@@ -112,6 +124,8 @@ impl Upstream {
             inner: Arc::new(Inner {
                 host: host.to_string(),
                 port: authority.port_u16().unwrap_or(80),
+                default_port: authority.port_u16().is_none(),
+                tls: None,
                 authority: HeaderValue::from_str(authority.as_str())
                     .unwrap_or(HeaderValue::from_static("localhost")),
                 connect_timeout,
@@ -120,6 +134,23 @@ impl Upstream {
                 reaper: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// This pool's connections with TLS (None: plain TCP), before it is first used.
+    pub fn with_tls(mut self, tls: Option<UpstreamTls>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            if inner.default_port && tls.is_some() {
+                inner.port = 443;
+            }
+            inner.tls = tls;
+        }
+        self
+    }
+
+    /// What tells this pool's TLS settings apart (None: plain TCP): a backend whose files
+    /// changed gets a new pool on reload.
+    pub fn tls_fingerprint(&self) -> Option<[u8; 32]> {
+        self.inner.tls.as_ref().map(|t| t.fingerprint)
     }
 
     /// Connections open and idle.
@@ -239,9 +270,11 @@ impl Inner {
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
         let connecting = TcpStream::connect((self.host.as_str(), self.port));
-        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+        let deadline = Instant::now() + self.connect_timeout;
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+        let stream = tokio::time::timeout_at(deadline, connecting)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            .map_err(|_| timed_out())
             .and_then(|r| r)
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
@@ -251,10 +284,29 @@ impl Inner {
                 .try_clone_to_owned()
                 .map_err(UpstreamError::Connect)?,
         );
-        let (send, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Http)?;
+        let conn = match &self.tls {
+            None => {
+                let (send, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(UpstreamError::Http)?;
+                (send, Connection::Plain(conn))
+            }
+            Some(tls) => {
+                // The handshake within what is left of the connect timeout.
+                let handshaking = tls.connector.connect(tls.name.clone(), stream);
+                let stream = tokio::time::timeout_at(deadline, handshaking)
+                    .await
+                    .map_err(|_| UpstreamError::Connect(timed_out()))?
+                    .map_err(UpstreamError::Tls)?;
+                let (send, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(UpstreamError::Http)?;
+                (send, Connection::Tls(Box::new(conn)))
+            }
+        };
+        let (send, conn) = conn;
         let relay = Arc::new(Relay::new());
         Ok(Conn {
             send,
@@ -284,6 +336,36 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// TLS to one backend: the client config (roots, client certificate, ALPN http/1.1) and the
+/// name sent as SNI and verified in its certificate.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    fingerprint: [u8; 32],
+}
+
+impl UpstreamTls {
+    /// For an `https://` backend (None for `http://`); `at` is its table
+    /// (`backends[0].tls`) for errors.
+    pub fn for_backend(cfg: &BackendConfig, at: &str) -> Result<Option<UpstreamTls>, ConfigError> {
+        let Ok(uri) = cfg.url.parse::<Uri>() else {
+            return Ok(None);
+        };
+        if uri.scheme_str() != Some("https") {
+            return Ok(None);
+        }
+        let tls = cfg.tls.clone().unwrap_or_default();
+        let config = tls.client_config(at)?;
+        let name = tls.server_name(at, uri.host().unwrap_or_default())?;
+        Ok(Some(UpstreamTls {
+            connector: TlsConnector::from(config),
+            name,
+            fingerprint: tls.fingerprint(),
+        }))
     }
 }
 

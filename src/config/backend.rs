@@ -33,6 +33,10 @@ pub struct BackendConfig {
     /// `Authorization` the client sent.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// For an `https://` URL: the CA, client certificate and name to verify (None: the
+    /// system's roots, no client certificate, the URL's host).
+    #[serde(default)]
+    pub tls: Option<super::BackendTls>,
 }
 
 fn one() -> u32 {
@@ -50,6 +54,7 @@ impl BackendConfig {
             max_concurrency: 0,
             timeouts: TimeoutOverrides::default(),
             api_key_env: None,
+            tls: None,
         }
     }
 }
@@ -246,6 +251,7 @@ pub(super) fn validate(backends: &[BackendConfig], global: &Timeouts) -> Result<
                 .value(quoted(&b.url))
                 .example(format!("url = {}", quoted(&example)))
         })?;
+        check_tls(b, i)?;
         if let Some(first) = names.insert(b.name.as_str(), i) {
             return Err(duplicate(backends, first, i));
         }
@@ -273,6 +279,30 @@ pub(super) fn validate(backends: &[BackendConfig], global: &Timeouts) -> Result<
     Ok(())
 }
 
+/// An `https://` backend's TLS settings can be used (its files read); an `http://` one has
+/// none.
+fn check_tls(b: &BackendConfig, i: usize) -> Result<(), ConfigError> {
+    let at = format!("backends[{i}].tls");
+    let Ok(uri) = b.url.parse::<http::Uri>() else {
+        return Ok(());
+    };
+    if uri.scheme_str() != Some("https") {
+        if b.tls.is_some() {
+            let rest = b.url.split_once("://").map_or(b.url.as_str(), |(_, r)| r);
+            return Err(ConfigError::invalid(
+                at,
+                "applies to https:// backends only: this one is http://",
+            )
+            .example(format!("url = \"https://{rest}\"")));
+        }
+        return Ok(());
+    }
+    let tls = b.tls.clone().unwrap_or_default();
+    tls.client_config(&at)?;
+    tls.server_name(&at, uri.host().unwrap_or_default())?;
+    Ok(())
+}
+
 /// Why a backend URL cannot be used, and a URL that would do.
 fn check_url(url: &str) -> Result<(), (&'static str, String)> {
     let plain = |rest: &str| format!("http://{}", rest.trim_start_matches('/'));
@@ -280,18 +310,11 @@ fn check_url(url: &str) -> Result<(), (&'static str, String)> {
         return Err(("not a URL", "http://127.0.0.1:8000".to_owned()));
     };
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         None => return Err(("must start with http://", plain(url))),
-        Some("https") => {
-            let rest = url.split_once("://").map_or(url, |(_, r)| r);
-            return Err((
-                "weir speaks plain HTTP to its backends: must start with http://",
-                plain(rest),
-            ));
-        }
         Some(_) => {
             return Err((
-                "must start with http://",
+                "must start with http:// or https://",
                 "http://127.0.0.1:8000".to_owned(),
             ));
         }

@@ -29,6 +29,16 @@ impl Config {
             "slo" => slo,
             "telemetry" => telemetry,
         }
+        // A listener's certificate and key are read again on every reload; whether it speaks
+        // TLS at all is fixed at start.
+        if self.tls.is_some() != running.tls.is_some() {
+            changed.push("tls");
+            self.tls = running.tls.clone();
+        }
+        if self.admin.tls.is_some() != running.admin.tls.is_some() {
+            changed.push("admin.tls");
+            self.admin.tls = running.admin.tls.clone();
+        }
         changed
     }
 }

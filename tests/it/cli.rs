@@ -121,7 +121,7 @@ fn check_accepts_the_shipped_config_and_names_a_bad_field() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::write(&bad, "[[backends]]\nurl = \"https://vllm:8000\"\n").unwrap();
+    std::fs::write(&bad, "[[backends]]\nurl = \"ftp://vllm:8000\"\n").unwrap();
     let out = Command::new(WEIR)
         .args(["check", "--config"])
         .arg(&bad)

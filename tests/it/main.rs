@@ -23,6 +23,7 @@ mod otlp_metrics;
 mod report;
 mod sim;
 mod tenants;
+mod tls;
 mod top;
 mod traces;
 mod traces_export;
