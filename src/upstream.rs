@@ -17,6 +17,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,8 @@ struct Idle {
 struct Inner {
     host: String,
     port: u16,
+    /// Connect here rather than to `host:port` (an address the backend's name resolved to).
+    address: Option<SocketAddr>,
     authority: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -103,6 +106,16 @@ impl std::error::Error for UpstreamError {
 
 impl Upstream {
     pub fn new(authority: &Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Upstream::with_address(authority, None, connect_timeout, idle_timeout)
+    }
+
+    /// As [`Upstream::new`], connecting to `address` when given (`Host` stays the authority's).
+    pub fn with_address(
+        authority: &Authority,
+        address: Option<SocketAddr>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let host = authority.host();
         let host = host
             .strip_prefix('[')
@@ -112,6 +125,7 @@ impl Upstream {
             inner: Arc::new(Inner {
                 host: host.to_string(),
                 port: authority.port_u16().unwrap_or(80),
+                address,
                 authority: HeaderValue::from_str(authority.as_str())
                     .unwrap_or(HeaderValue::from_static("localhost")),
                 connect_timeout,
@@ -238,7 +252,12 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let connecting = async {
+            match self.address {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect((self.host.as_str(), self.port)).await,
+            }
+        };
         let stream = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::check_label;
+use super::discovery::DiscoveryKind;
 use super::error::{ConfigError, duration, positive, quoted};
 
 /// One backend.
@@ -33,6 +34,10 @@ pub struct BackendConfig {
     /// `Authorization` the client sent.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// `static` (the URL's host as it is) or `dns`: the host is resolved every
+    /// `[discovery] interval` and each address is an endpoint of this backend.
+    #[serde(default)]
+    pub discovery: DiscoveryKind,
 }
 
 fn one() -> u32 {
@@ -50,6 +55,7 @@ impl BackendConfig {
             max_concurrency: 0,
             timeouts: TimeoutOverrides::default(),
             api_key_env: None,
+            discovery: DiscoveryKind::Static,
         }
     }
 }
@@ -246,6 +252,22 @@ pub(super) fn validate(backends: &[BackendConfig], global: &Timeouts) -> Result<
                 .value(quoted(&b.url))
                 .example(format!("url = {}", quoted(&example)))
         })?;
+        if b.discovery == DiscoveryKind::Dns {
+            let host = b
+                .url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .unwrap_or_default();
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                return Err(ConfigError::invalid(
+                    field("discovery"),
+                    "\"dns\" resolves the URL's host name, and this URL has an IP address: leave discovery out (\"static\")",
+                )
+                .value(quoted("dns"))
+                .example("url = \"http://vllm.default.svc.cluster.local:8000\""));
+            }
+        }
         if let Some(first) = names.insert(b.name.as_str(), i) {
             return Err(duplicate(backends, first, i));
         }
