@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use tower::service_fn;
 use tower::util::BoxCloneService;
 
+use crate::backend::Backend;
+use crate::config::DiscoveryKind;
 use crate::state::AppState;
 
 pub type AdminService = BoxCloneService<Request<Incoming>, Response<Full<Bytes>>, Infallible>;
@@ -83,39 +85,95 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res
 }
 
-/// The state of each backend, as JSON.
+/// The state of each backend, as JSON; a DNS backend's with its endpoints.
 fn backends(state: &AppState) -> String {
     let current = state.current();
     let list: Vec<_> = current
-        .pool
+        .config
         .backends
         .iter()
-        .map(|b| {
-            let h = b.health.lock().map(|h| (h.last_error, h.ejections)).unwrap_or_default();
-            let q = &b.queue;
-            let queue = q.has_metrics.load(Ordering::Relaxed).then(|| {
-                serde_json::json!({
-                    "waiting": q.waiting.load(Ordering::Relaxed),
-                    "running": q.running.load(Ordering::Relaxed),
-                    "kv_cache_usage": f64::from(q.kv_ppm.load(Ordering::Relaxed)) / 1e6,
+        .filter_map(|cfg| {
+            let mut of = current
+                .pool
+                .backends
+                .iter()
+                .filter(|b| *b.name == *cfg.name);
+            if cfg.discovery == DiscoveryKind::Static {
+                let mut entry = backend(of.next()?);
+                entry["discovery"] = "static".into();
+                return Some(entry);
+            }
+            let endpoints: Vec<&Arc<Backend>> = of.collect();
+            let up = endpoints.iter().any(|b| b.is_up());
+            let models = endpoints
+                .iter()
+                .find_map(|b| b.models())
+                .map(|m| m.to_vec());
+            let list: Vec<_> = endpoints
+                .iter()
+                .map(|b| {
+                    let mut entry = backend(b);
+                    if let Some(map) = entry.as_object_mut() {
+                        for k in ["name", "url", "weight", "max_concurrency"] {
+                            map.remove(k);
+                        }
+                    }
+                    entry["address"] = b.endpoint.map(|a| a.to_string()).into();
+                    entry
                 })
-            });
-            serde_json::json!({
-                "name": &*b.name,
-                "url": b.url,
-                "up": b.is_up(),
-                "state": if !b.checked_up.load(Ordering::Relaxed) { "down" } else if b.is_up() { "up" } else { "ejected" },
-                "weight": b.weight,
-                "outstanding": b.outstanding(),
-                "max_concurrency": b.max_concurrency,
-                "models": b.models().map(|m| m.to_vec()),
-                "queue": queue,
-                "ejections": h.1,
-                "last_error": h.0,
-            })
+                .collect();
+            Some(serde_json::json!({
+                "name": cfg.name,
+                "url": cfg.url,
+                "discovery": "dns",
+                "up": up,
+                "state": if up { "up" } else { "down" },
+                "weight": cfg.weight.max(1),
+                "outstanding": endpoints.iter().map(|b| b.outstanding()).sum::<usize>(),
+                "max_concurrency": cfg.max_concurrency,
+                "models": models,
+                "queue": null,
+                "ejections": endpoints.iter().map(|b| health(b).1).sum::<u32>(),
+                "last_error": null,
+                "endpoints": list,
+            }))
         })
         .collect();
     serde_json::json!({ "strategy": current.config.balance, "backends": list }).to_string()
+}
+
+/// The last error and the ejections of a backend (or endpoint).
+fn health(b: &Backend) -> (Option<&'static str>, u32) {
+    b.health
+        .lock()
+        .map(|h| (h.last_error, h.ejections))
+        .unwrap_or_default()
+}
+
+/// One backend's (or one endpoint's) state.
+fn backend(b: &Backend) -> serde_json::Value {
+    let h = health(b);
+    let q = &b.queue;
+    let queue = q.has_metrics.load(Ordering::Relaxed).then(|| {
+        serde_json::json!({
+            "waiting": q.waiting.load(Ordering::Relaxed),
+            "running": q.running.load(Ordering::Relaxed),
+            "kv_cache_usage": f64::from(q.kv_ppm.load(Ordering::Relaxed)) / 1e6,
+        })
+    });
+    serde_json::json!({
+        "name": &*b.name,
+        "url": b.url,
+        "up": b.is_up(),
+        "state": if !b.checked_up.load(Ordering::Relaxed) { "down" } else if b.is_up() { "up" } else { "ejected" },
+        "weight": b.weight,
+        "outstanding": b.outstanding(),
+        "max_concurrency": b.max_concurrency,
+        "models": b.models().map(|m| m.to_vec()),
+        "queue": queue,
+        "ejections": h.1,
+        "last_error": h.0,
+    })
 }
 
 /// The `Accept` header names OpenMetrics (with any quality above 0).

@@ -1,6 +1,7 @@
 //! One backend: its address, connection pool, the load the gateway puts on it and what the
 //! health checks know of it. `balance.rs` picks among them.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -9,12 +10,17 @@ use http::uri::{Authority, Scheme};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, Timeouts};
+use crate::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamTls};
 
-/// One backend: its address, connection pool, load and health.
+/// One backend: its address, connection pool, load and health. A backend found by DNS is
+/// one of these per address (an endpoint), all with the configured name.
 pub struct Backend {
     pub name: Arc<str>,
     pub url: String,
+    /// The address connected to, for an endpoint of a DNS backend (the URL's host stays the
+    /// `Host`); None: the URL's host, as it is.
+    pub endpoint: Option<SocketAddr>,
     pub scheme: Scheme,
     pub authority: Authority,
     /// Path prefix to put before the request's path ("" for none).
@@ -65,6 +71,31 @@ pub struct QueueStats {
 impl Backend {
     /// Builds from a validated config entry with the global timeouts.
     pub fn new(cfg: &BackendConfig, global: &Timeouts) -> Option<Backend> {
+        Backend::build(cfg, global, None)
+    }
+
+    /// One endpoint of a DNS backend: connections go to `address`. It is not up until an
+    /// active check passes (one is enough, whatever `healthy_threshold` says), so that an
+    /// address that is not ready yet takes no traffic.
+    pub fn endpoint(
+        cfg: &BackendConfig,
+        global: &Timeouts,
+        address: SocketAddr,
+        healthy_threshold: u32,
+    ) -> Option<Backend> {
+        let b = Backend::build(cfg, global, Some(address))?;
+        b.checked_up.store(false, Ordering::Relaxed);
+        if let Ok(mut h) = b.health.lock() {
+            h.check_successes = healthy_threshold.saturating_sub(1);
+        }
+        Some(b)
+    }
+
+    fn build(
+        cfg: &BackendConfig,
+        global: &Timeouts,
+        endpoint: Option<SocketAddr>,
+    ) -> Option<Backend> {
         let uri: Uri = cfg.url.parse().ok()?;
         let parts = uri.into_parts();
         let prefix = parts
@@ -80,9 +111,11 @@ impl Backend {
         Some(Backend {
             name: cfg.name.as_str().into(),
             url: cfg.url.clone(),
+            endpoint,
             scheme: parts.scheme?,
-            upstream: Upstream::new(
+            upstream: Upstream::with_address(
                 parts.authority.as_ref()?,
+                endpoint,
                 timeouts.connect,
                 timeouts.pool_idle,
             )
@@ -111,6 +144,15 @@ impl Backend {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{}", self.prefix, path_and_query))
             .build()
+    }
+
+    /// Says in the metrics whether it is up: `weir_backend_up`, or for an endpoint its
+    /// `weir_backend_endpoint_up` (and the backend's, up when any endpoint is).
+    pub fn publish_up(&self, metrics: &Metrics) {
+        match self.endpoint {
+            Some(a) => metrics.set_endpoint_up(&self.name, &a.to_string(), self.is_up()),
+            None => metrics.set_backend_up(&self.name, self.is_up()),
+        }
     }
 
     pub fn outstanding(&self) -> usize {
@@ -198,6 +240,7 @@ impl std::fmt::Debug for Load {
 pub(crate) fn same(old: &Backend, new: &Backend, cfg: &BackendConfig) -> bool {
     old.name == new.name
         && old.url == new.url
+        && old.endpoint == new.endpoint
         && old.weight == new.weight
         && old.max_concurrency == new.max_concurrency
         && old.timeouts == new.timeouts

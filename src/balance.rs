@@ -2,10 +2,12 @@
 //! whose settings did not change) and the strategies that pick one for a request among those
 //! that serve its model.
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{Config, Strategy};
+use crate::config::{Config, DiscoveryKind, Strategy};
 use crate::metrics::Metrics;
 
 use crate::backend::{Backend, Serves, same};
@@ -19,39 +21,148 @@ pub enum NoPick {
     Unavailable,
 }
 
-/// The current set of backends and the strategy; replaced whole on reload.
+/// The current set of backends and the strategy; replaced whole on reload (and when a DNS
+/// backend's addresses change). A DNS backend is one entry per endpoint, in the config's order.
 pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     pub strategy: Strategy,
+    /// A DNS backend of the config has no endpoint (yet): a model no endpoint serves may be
+    /// its, so the request is refused as unavailable, not as an unknown model.
+    unresolved: bool,
     /// Smooth weighted round-robin state (current weights).
     rr: Mutex<Vec<i64>>,
 }
 
 impl Pool {
     /// Builds the pool for `config`, keeping the backends of `previous` whose name and
-    /// settings are unchanged (their pools, load counts and health carry over).
+    /// settings are unchanged (their pools, load counts and health carry over). A DNS
+    /// backend keeps the addresses it had when its URL is unchanged.
     pub fn new(config: &Config, previous: Option<&Pool>, metrics: &Metrics) -> Pool {
-        let backends: Vec<Arc<Backend>> = config
-            .backends
-            .iter()
-            .filter_map(|cfg| {
-                let fresh = Backend::new(cfg, &config.timeouts)?;
+        let mut backends: Vec<Arc<Backend>> = Vec::with_capacity(config.backends.len());
+        for cfg in &config.backends {
+            let keep = |fresh: Backend| {
                 let kept = previous
                     .and_then(|p| p.backends.iter().find(|b| same(b, &fresh, cfg)).cloned());
-                Some(kept.unwrap_or_else(|| Arc::new(fresh)))
-            })
-            .collect();
-        for b in &backends {
-            metrics.set_backend_up(&b.name, b.is_up());
-            if let Some(models) = b.models() {
-                metrics.add_models(&models);
+                kept.unwrap_or_else(|| Arc::new(fresh))
+            };
+            match cfg.discovery {
+                DiscoveryKind::Static => {
+                    backends.extend(Backend::new(cfg, &config.timeouts).map(keep));
+                }
+                DiscoveryKind::Dns => {
+                    let known = previous.into_iter().flat_map(|p| {
+                        p.backends
+                            .iter()
+                            .filter(|b| *b.name == *cfg.name && b.url == cfg.url)
+                    });
+                    for old in known {
+                        let threshold = config.health.healthy_threshold;
+                        let Some(a) = old.endpoint else { continue };
+                        let Some(fresh) = Backend::endpoint(cfg, &config.timeouts, a, threshold)
+                        else {
+                            continue;
+                        };
+                        if same(old, &fresh, cfg) {
+                            backends.push(old.clone());
+                        } else {
+                            // New settings at a known address: its health stands.
+                            let up = old.checked_up.load(Ordering::Relaxed);
+                            fresh.checked_up.store(up, Ordering::Relaxed);
+                            backends.push(Arc::new(fresh));
+                        }
+                    }
+                }
             }
         }
+        let pool = Pool::of(config, backends);
+        pool.publish(config, metrics);
+        pool
+    }
+
+    /// This pool with the endpoints of DNS backend `name` (whose URL is `url`) at `addresses`: the endpoints at
+    /// addresses still listed are kept (their connections, load and health), new addresses
+    /// get new endpoints, not up until a check passes. None when nothing changed. The new
+    /// endpoints come back too, to be checked at once.
+    pub fn with_endpoints(
+        &self,
+        config: &Config,
+        name: &str,
+        url: &str,
+        addresses: &[SocketAddr],
+        metrics: &Metrics,
+    ) -> Option<(Pool, Vec<Arc<Backend>>)> {
+        let cfg = config
+            .backends
+            .iter()
+            .find(|b| b.name == name && b.url == url && b.discovery == DiscoveryKind::Dns)?;
+        let old: Vec<&Arc<Backend>> = self.backends.iter().filter(|b| &*b.name == name).collect();
+        let unchanged = old.len() == addresses.len()
+            && addresses
+                .iter()
+                .all(|a| old.iter().any(|b| b.endpoint == Some(*a)));
+        if unchanged {
+            return None;
+        }
+        let mut added = Vec::new();
+        let mut backends = Vec::with_capacity(self.backends.len() + addresses.len());
+        for c in &config.backends {
+            if c.name != name {
+                let same_name = self.backends.iter().filter(|b| *b.name == *c.name);
+                backends.extend(same_name.cloned());
+                continue;
+            }
+            for &a in addresses {
+                if let Some(b) = old.iter().find(|b| b.endpoint == Some(a)) {
+                    backends.push((*b).clone());
+                    continue;
+                }
+                let threshold = config.health.healthy_threshold;
+                if let Some(b) = Backend::endpoint(cfg, &config.timeouts, a, threshold) {
+                    let b = Arc::new(b);
+                    added.push(b.clone());
+                    backends.push(b);
+                }
+            }
+        }
+        let pool = Pool::of(config, backends);
+        pool.publish(config, metrics);
+        Some((pool, added))
+    }
+
+    fn of(config: &Config, backends: Vec<Arc<Backend>>) -> Pool {
+        let unresolved = config.backends.iter().any(|c| {
+            c.discovery == DiscoveryKind::Dns && !backends.iter().any(|b| *b.name == *c.name)
+        });
         let n = backends.len();
         Pool {
             backends,
             strategy: config.balance,
+            unresolved,
             rr: Mutex::new(vec![0; n]),
+        }
+    }
+
+    /// Puts each backend's state in the metrics (a DNS backend's endpoints first: those it
+    /// no longer has lose their series).
+    fn publish(&self, config: &Config, metrics: &Metrics) {
+        for c in config
+            .backends
+            .iter()
+            .filter(|c| c.discovery == DiscoveryKind::Dns)
+        {
+            let endpoints: Vec<String> = self
+                .backends
+                .iter()
+                .filter(|b| *b.name == *c.name)
+                .filter_map(|b| b.endpoint.map(|a| a.to_string()))
+                .collect();
+            metrics.set_endpoints(&c.name, &endpoints);
+        }
+        for b in &self.backends {
+            b.publish_up(metrics);
+            if let Some(models) = b.models() {
+                metrics.add_models(&models);
+            }
         }
     }
 
@@ -83,7 +194,7 @@ impl Pool {
             candidates = unknown;
         }
         if candidates.is_empty() {
-            return Err(if serving {
+            return Err(if serving || self.unresolved {
                 NoPick::Unavailable
             } else {
                 NoPick::UnknownModel
@@ -190,7 +301,6 @@ mod tests {
     use super::*;
     use crate::backend::Load;
     use crate::config::BackendConfig;
-    use std::sync::atomic::Ordering;
 
     fn config(backends: &[(&str, u32)], strategy: Strategy) -> Config {
         let mut c = Config {
@@ -309,6 +419,72 @@ mod tests {
             .map(|_| pool.pick(None, None).unwrap().name.to_string())
             .collect();
         assert!(next.iter().any(|n| n == "a"), "tied queues share");
+    }
+
+    #[tokio::test]
+    async fn dns_endpoints_are_kept_added_not_up_and_removed() {
+        let m = Metrics::new(vec![]);
+        let mut c = config(&[("static", 1)], Strategy::P2c);
+        let mut dns = BackendConfig::new("http://vllm.test:8000");
+        dns.name = "vllm".into();
+        dns.discovery = DiscoveryKind::Dns;
+        c.backends.push(dns);
+        let pool = Pool::new(&c, None, &m);
+        assert_eq!(
+            pool.backends.len(),
+            1,
+            "no endpoint before the first lookup"
+        );
+        assert_eq!(
+            pool.pick(Some("some-model"), Some(&pool.backends[0])).err(),
+            Some(NoPick::Unavailable),
+            "a model may be the unresolved backend's"
+        );
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:8000".parse().unwrap(),
+            "10.0.0.2:8000".parse().unwrap(),
+        );
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m)
+            .unwrap();
+        assert_eq!(added.len(), 1);
+        assert!(
+            pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m)
+                .is_none(),
+            "unchanged"
+        );
+        let first = pool.backends[1].clone();
+        assert_eq!((first.endpoint, &*first.name), (Some(a), "vllm"));
+        assert!(!first.is_up(), "not up before a check passes");
+        first.checked_up.store(true, Ordering::Relaxed);
+        let _load = first.load();
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a, b], &m)
+            .unwrap();
+        assert_eq!(added.len(), 1);
+        assert!(Arc::ptr_eq(&pool.backends[1], &first), "kept with its load");
+        assert_eq!(pool.backends[1].outstanding(), 1);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                "weir_backend_endpoint_up{backend=\"vllm\",endpoint=\"10.0.0.2:8000\"} 0"
+            ),
+            "{text}"
+        );
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[b], &m)
+            .unwrap();
+        assert!(added.is_empty());
+        assert_eq!(pool.backends.len(), 2);
+        assert_eq!(pool.backends[1].endpoint, Some(b));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            !text.contains("10.0.0.1:8000"),
+            "the removed endpoint's gauge goes: {text}"
+        );
+        // A reload with the backend unchanged keeps its endpoints.
+        let again = Pool::new(&c, Some(&pool), &m);
+        assert!(Arc::ptr_eq(&again.backends[1], &pool.backends[1]));
     }
 
     #[test]

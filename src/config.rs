@@ -5,6 +5,7 @@
 mod auth;
 mod backend;
 pub mod de;
+mod discovery;
 mod error;
 mod limits;
 mod proxy;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, KeyConfig, parse_hash};
 pub use backend::{BackendConfig, Health, Retries, Strategy, TimeoutOverrides, Timeouts};
+pub use discovery::{Discovery, DiscoveryKind};
 pub use error::{ConfigError, Invalid};
 pub use limits::Limits;
 pub use proxy::{API_PATHS, ProxyConfig};
@@ -52,6 +54,8 @@ pub struct Config {
     /// Per-model TTFT / ITL thresholds and goodput (`[slo]`, judged in `slo.rs`).
     pub slo: SloConfig,
     pub health: Health,
+    /// How `discovery = "dns"` backends are resolved (`[discovery]`).
+    pub discovery: Discovery,
     pub retries: Retries,
     pub limits: Limits,
     /// Which paths the proxy listener passes on (`[proxy]`).
@@ -91,6 +95,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             slo: SloConfig::default(),
             health: Health::default(),
+            discovery: Discovery::default(),
             retries: Retries::default(),
             limits: Limits::default(),
             proxy: ProxyConfig::default(),
@@ -183,6 +188,7 @@ impl Config {
         self.costs.validate()?;
         self.proxy.validate()?;
         self.health.validate()?;
+        self.discovery.validate()?;
         self.slo.validate()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(

@@ -27,6 +27,7 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     health: JoinHandle<()>,
+    discovery: JoinHandle<()>,
 }
 
 /// Binds both listeners of a validated config and starts serving.
@@ -86,7 +87,8 @@ pub async fn start_with(
     ));
     // Before the first health check, so that its span is bridged too.
     state.telemetry.bridge_tracing();
-    let health = tokio::spawn(health::run(state.clone(), rx2));
+    let health = tokio::spawn(health::run(state.clone(), rx2.clone()));
+    let discovery = tokio::spawn(crate::discovery::run(state.clone(), rx2));
     let rt = tokio::runtime::Handle::current();
     let flavor = match rt.runtime_flavor() {
         tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
@@ -111,6 +113,7 @@ pub async fn start_with(
         stop,
         tasks: vec![proxy, admin],
         health,
+        discovery,
     })
 }
 
@@ -152,6 +155,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.health.await;
+        let _ = self.discovery.await;
         for t in self.tasks {
             match t.await {
                 Ok(Ok(())) => {}

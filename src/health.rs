@@ -98,7 +98,7 @@ pub async fn check(b: &Backend, cfg: &Health, strategy: Strategy, metrics: &Metr
             discover_models(b, cfg.timeout, metrics).await;
         }
     }
-    metrics.set_backend_up(&b.name, b.is_up());
+    b.publish_up(metrics);
 }
 
 /// Applies an active check's result with the thresholds.
@@ -129,7 +129,7 @@ fn active(b: &Backend, cfg: &Health, result: Result<(), &'static str>, metrics: 
         }
     }
     drop(h);
-    metrics.set_backend_up(&b.name, b.is_up());
+    b.publish_up(metrics);
 }
 
 /// Passive health: the result of a real request (`None`: it went well; `Some(kind)`: a
@@ -157,7 +157,7 @@ pub fn passive(b: &Backend, cfg: &Health, failure: Option<&'static str>, metrics
         .saturating_add(u64::try_from(back_off.as_millis()).unwrap_or(u64::MAX));
     b.ejected_until_ms.store(until, Ordering::Relaxed);
     drop(h);
-    metrics.set_backend_up(&b.name, false);
+    b.publish_up(metrics);
     tracing::warn!(backend = %b.name, error = kind, ?back_off, "backend ejected after consecutive failures");
 }
 

@@ -14,7 +14,8 @@
 //!                       inject stream_options.include_usage when streaming)   proxy.rs, inspect.rs
 //!        ──► route     (model → the backends serving it; unknown model → 404)  balance.rs
 //!        ──► balance   (P2C on outstanding requests, queue-aware or weighted
-//!                       round-robin; active + passive health)                  balance.rs, health.rs
+//!                       round-robin; active + passive health; a DNS
+//!                       backend's addresses as endpoints)             balance.rs, health.rs, discovery.rs
 //!        ──► forward   (pooled HTTP/1.1 connections, each driven by the task
 //!                       of the request using it; hop-by-hop hygiene,
 //!                       x-forwarded-*, CLIENT span + traceparent, one retry
@@ -40,6 +41,7 @@ pub mod balance;
 pub mod budget;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod edge;
 pub mod error;
 pub mod fds;

@@ -2,7 +2,7 @@
 //! the layers, rendered by the admin listener. Label values come only from the config.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 mod exemplars;
 mod families;
@@ -40,6 +40,9 @@ const OPERATION: &str = "gen_ai_operation_name";
 const BACKEND: &str = "backend";
 const TOKEN_TYPE: &str = "gen_ai_token_type";
 
+/// The `kind` of `weir_discovery_errors_total`: the lookup failed, or found no address.
+pub const DISCOVERY_ERRORS: [&str; 2] = ["error", "empty"];
+
 /// The `backend` label of a request no backend was picked for.
 pub const NO_BACKEND: &str = "none";
 
@@ -74,6 +77,8 @@ struct Inner {
     series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
     /// `weir_tls_handshake_errors_total{listener, reason}`.
     tls_handshake_errors: IntCounterVec,
+    /// Each DNS backend's endpoints and whether each is up.
+    endpoints: Mutex<HashMap<String, HashMap<String, bool>>>,
 }
 
 type SeriesKey = (Arc<str>, Operation, Arc<str>);
@@ -237,6 +242,7 @@ impl Metrics {
             other: OTHER.into(),
             none: NO_BACKEND.into(),
             series: RwLock::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
         };
         let metrics = Metrics {
             inner: Arc::new(inner),
@@ -367,6 +373,7 @@ impl Metrics {
         &self.inner.f.in_flight
     }
 
+    /// A backend without endpoints (`discovery = "static"`) is up or not.
     pub fn set_backend_up(&self, backend: &str, up: bool) {
         self.inner
             .f
@@ -375,11 +382,96 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// Sets the endpoints of a DNS backend (`ip:port`): the gauges of those no longer listed
+    /// go, new ones start at 0; `weir_backend_up` is 1 when any endpoint is up. Its discovery
+    /// error counters are exported from the first call.
+    pub fn set_endpoints(&self, backend: &str, endpoints: &[String]) {
+        let f = &self.inner.f;
+        let Ok(mut all) = self.inner.endpoints.lock() else {
+            return;
+        };
+        if !all.contains_key(backend) {
+            for kind in DISCOVERY_ERRORS {
+                f.discovery_errors.with_label_values(&[backend, kind]);
+            }
+        }
+        let known = all.entry(backend.to_owned()).or_default();
+        known.retain(|e, _| {
+            let keep = endpoints.contains(e);
+            if !keep {
+                let _ = f.endpoint_up.remove_label_values(&[backend, e]);
+            }
+            keep
+        });
+        for e in endpoints {
+            known.entry(e.clone()).or_insert_with(|| {
+                f.endpoint_up.with_label_values(&[backend, e]).set(0);
+                false
+            });
+        }
+        let any = known.values().any(|up| *up);
+        f.backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(any));
+    }
+
+    /// One endpoint of a DNS backend is up or not; an endpoint that is not (or no longer)
+    /// among its endpoints is left out, so that a late health check cannot bring its series
+    /// back.
+    pub fn set_endpoint_up(&self, backend: &str, endpoint: &str, up: bool) {
+        let f = &self.inner.f;
+        let Ok(mut all) = self.inner.endpoints.lock() else {
+            return;
+        };
+        let Some(known) = all.get_mut(backend) else {
+            return;
+        };
+        let Some(state) = known.get_mut(endpoint) else {
+            return;
+        };
+        *state = up;
+        f.endpoint_up
+            .with_label_values(&[backend, endpoint])
+            .set(i64::from(up));
+        let any = known.values().any(|up| *up);
+        f.backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(any));
+    }
+
+    /// A DNS resolution of `backend`'s name failed (`kind`: one of `DISCOVERY_ERRORS`).
+    pub fn discovery_error(&self, backend: &str, kind: &str) {
+        self.inner
+            .f
+            .discovery_errors
+            .with_label_values(&[backend, kind])
+            .inc();
+    }
+
     /// Forgets a backend removed by a reload.
     pub fn remove_backend(&self, backend: &str) {
         let _ = self.inner.f.backend_up.remove_label_values(&[backend]);
+        self.forget_endpoints(backend);
         if let Ok(mut m) = self.inner.series.write() {
             m.retain(|k, _| &*k.2 != backend);
+        }
+    }
+
+    /// Forgets the endpoints of a backend that no longer has any (removed, or now static).
+    pub fn forget_endpoints(&self, backend: &str) {
+        if let Ok(mut all) = self.inner.endpoints.lock() {
+            if let Some(known) = all.remove(backend) {
+                for e in known.keys() {
+                    let _ = self.inner.f.endpoint_up.remove_label_values(&[backend, e]);
+                }
+                for kind in DISCOVERY_ERRORS {
+                    let _ = self
+                        .inner
+                        .f
+                        .discovery_errors
+                        .remove_label_values(&[backend, kind]);
+                }
+            }
         }
     }
 

@@ -4,11 +4,14 @@
 //! and works with it to the end, so it never sees the pool of one config and the limits of
 //! another; the health checker and the admin listener read the current one.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
+use crate::backend::Backend;
 use crate::balance::Pool;
 use crate::budget::Budget;
 use crate::config::Config;
@@ -23,6 +26,17 @@ pub struct Shared {
     pub pool: Pool,
     /// The proxy listener's API keys (None: no auth).
     pub keys: Option<Keys>,
+}
+
+impl Shared {
+    /// The same config and keys with another pool.
+    fn with_pool(&self, pool: Pool) -> Shared {
+        Shared {
+            config: self.config.clone(),
+            pool,
+            keys: self.keys.clone(),
+        }
+    }
 }
 
 impl Shared {
@@ -44,6 +58,11 @@ pub struct AppState {
     /// Requests sent (or about to be) to the backends.
     upstream: Arc<AtomicUsize>,
     current: ArcSwap<Shared>,
+    /// Held by whoever replaces `current` (a reload, DNS discovery), so that neither loses
+    /// the other's change.
+    writer: Mutex<()>,
+    /// Wakes DNS discovery when a reload changed the config.
+    pub(crate) reloaded: Notify,
 }
 
 /// A request counted in flight to the backends until dropped.
@@ -71,6 +90,8 @@ impl AppState {
             limiter,
             upstream: Arc::new(AtomicUsize::new(0)),
             current: ArcSwap::from_pointee(shared),
+            writer: Mutex::new(()),
+            reloaded: Notify::new(),
         }
     }
 
@@ -90,16 +111,47 @@ impl AppState {
     /// keys change for new requests together; open requests go on with what they started
     /// with. Backends whose settings are unchanged keep their connections, load and health.
     pub fn reload(&self, config: Config) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current();
         self.buffered.set_limit(config.limits.max_buffered_bytes);
         self.metrics.add_models(&config.known_models());
         self.metrics.tenants().publish(&config.auth, &config.costs);
         let shared = Shared::new(config, Some(&old.pool), &self.metrics);
         for b in &old.pool.backends {
-            if shared.pool.find(&b.name).is_none() {
-                self.metrics.remove_backend(&b.name);
+            match shared.pool.find(&b.name) {
+                None if shared.config.backends.iter().all(|c| *c.name != *b.name) => {
+                    self.metrics.remove_backend(&b.name)
+                }
+                // Found by DNS before, static now: its endpoints' series go.
+                Some(now) if b.endpoint.is_some() && now.endpoint.is_none() => {
+                    self.metrics.forget_endpoints(&b.name);
+                    now.publish_up(&self.metrics);
+                }
+                _ => {}
             }
         }
         self.current.store(Arc::new(shared));
+        drop(_writer);
+        self.reloaded.notify_one();
+    }
+
+    /// Sets the endpoints of DNS backend `name` at `url` to `addresses` (a new pool, for new
+    /// requests; open ones keep the endpoint they have until they end). Returns the new
+    /// endpoints, to be checked at once; None when nothing changed or the backend is no
+    /// longer configured for DNS.
+    pub fn set_endpoints(
+        &self,
+        name: &str,
+        url: &str,
+        addresses: &[SocketAddr],
+    ) -> Option<Vec<Arc<Backend>>> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        let (pool, added) =
+            current
+                .pool
+                .with_endpoints(&current.config, name, url, addresses, &self.metrics)?;
+        self.current.store(Arc::new(current.with_pool(pool)));
+        Some(added)
     }
 }

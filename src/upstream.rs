@@ -17,6 +17,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,8 @@ struct Inner {
     default_port: bool,
     /// TLS to the backend (an `https://` URL).
     tls: Option<UpstreamTls>,
+    /// Connect here rather than to `host:port` (an address the backend's name resolved to).
+    address: Option<SocketAddr>,
     authority: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -115,6 +118,16 @@ impl std::error::Error for UpstreamError {
 
 impl Upstream {
     pub fn new(authority: &Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Upstream::with_address(authority, None, connect_timeout, idle_timeout)
+    }
+
+    /// As [`Upstream::new`], connecting to `address` when given (`Host` stays the authority's).
+    pub fn with_address(
+        authority: &Authority,
+        address: Option<SocketAddr>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let host = authority.host();
         let host = host
             .strip_prefix('[')
@@ -126,6 +139,7 @@ impl Upstream {
                 port: authority.port_u16().unwrap_or(80),
                 default_port: authority.port_u16().is_none(),
                 tls: None,
+                address,
                 authority: HeaderValue::from_str(authority.as_str())
                     .unwrap_or(HeaderValue::from_static("localhost")),
                 connect_timeout,
@@ -269,7 +283,12 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let connecting = async {
+            match self.address {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect((self.host.as_str(), self.port)).await,
+            }
+        };
         let deadline = Instant::now() + self.connect_timeout;
         let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
         let stream = tokio::time::timeout_at(deadline, connecting)

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::check_label;
+use super::discovery::DiscoveryKind;
 use super::error::{ConfigError, duration, positive, quoted};
 
 /// One backend.
@@ -37,6 +38,10 @@ pub struct BackendConfig {
     /// system's roots, no client certificate, the URL's host).
     #[serde(default)]
     pub tls: Option<super::BackendTls>,
+    /// `static` (the URL's host as it is) or `dns`: the host is resolved every
+    /// `[discovery] interval` and each address is an endpoint of this backend.
+    #[serde(default)]
+    pub discovery: DiscoveryKind,
 }
 
 fn one() -> u32 {
@@ -55,6 +60,7 @@ impl BackendConfig {
             timeouts: TimeoutOverrides::default(),
             api_key_env: None,
             tls: None,
+            discovery: DiscoveryKind::Static,
         }
     }
 }
@@ -252,6 +258,22 @@ pub(super) fn validate(backends: &[BackendConfig], global: &Timeouts) -> Result<
                 .example(format!("url = {}", quoted(&example)))
         })?;
         check_tls(b, i)?;
+        if b.discovery == DiscoveryKind::Dns {
+            let host = b
+                .url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .unwrap_or_default();
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                return Err(ConfigError::invalid(
+                    field("discovery"),
+                    "\"dns\" resolves the URL's host name, and this URL has an IP address: leave discovery out (\"static\")",
+                )
+                .value(quoted("dns"))
+                .example("url = \"http://vllm.default.svc.cluster.local:8000\""));
+            }
+        }
         if let Some(first) = names.insert(b.name.as_str(), i) {
             return Err(duplicate(backends, first, i));
         }

@@ -25,6 +25,7 @@ fn shipped_config_is_valid() {
     assert_eq!(c.health.ejection_base, d.health.ejection_base);
     assert_eq!(c.health.ejection_max, d.health.ejection_max);
     assert_eq!(c.retries.enabled, d.retries.enabled);
+    assert_eq!(c.discovery, d.discovery);
     assert_eq!(c.limits.max_request_body, d.limits.max_request_body);
     assert_eq!(c.limits.header_read_timeout, d.limits.header_read_timeout);
     assert_eq!(c.limits.max_head_bytes, d.limits.max_head_bytes);
@@ -139,5 +140,25 @@ fn tenant_limits_prices_and_redis_are_checked_and_named() {
     assert_eq!(
         field("[limits.redis]\nurl = \"redis://r\"\ntimeout = \"10s\"\n").as_deref(),
         Some("limits.redis.timeout")
+    );
+}
+
+#[test]
+fn dns_discovery_needs_a_host_name() {
+    let text = "[[backends]]\nurl = \"http://vllm.ns.svc.cluster.local:8000\"\ndiscovery = \"dns\"\n\n[discovery]\ninterval = \"2s\"\nnameservers = [\"127.0.0.1:5353\"]\n";
+    let mut c = Config::parse(text).unwrap();
+    c.normalise();
+    c.validate().unwrap();
+    assert_eq!(c.backends[0].discovery, DiscoveryKind::Dns);
+    assert_eq!(c.backends[0].name, "vllm.ns.svc.cluster.local:8000");
+    assert_eq!(c.discovery.interval, Duration::from_secs(2));
+    let mut ip = Config::parse(&text.replace("vllm.ns.svc.cluster.local", "10.0.0.1")).unwrap();
+    ip.normalise();
+    let e = ip.validate().unwrap_err();
+    assert_eq!(e.field(), Some("backends[0].discovery"));
+    assert!(Config::parse(&text.replace("\"dns\"", "\"srv\"")).is_err());
+    assert!(
+        Config::parse(&format!("{text}ttl = \"1s\"\n")).is_err(),
+        "unknown keys are errors"
     );
 }

@@ -30,6 +30,8 @@ pub(super) struct Families {
     pub tokens: IntCounterVec,
     pub in_flight: IntGauge,
     pub backend_up: IntGaugeVec,
+    pub endpoint_up: IntGaugeVec,
+    pub discovery_errors: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -182,6 +184,24 @@ impl Families {
                     &[BACKEND],
                 )
                 .expect("static gauge definition"),
+            ),
+            endpoint_up: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "weir_backend_endpoint_up",
+                        "1 when the endpoint (an address a DNS backend's name resolved to) is usable, 0 when not.",
+                    ),
+                    &[BACKEND, "endpoint"],
+                )
+                .expect("static gauge definition"),
+            ),
+            discovery_errors: counter(
+                r,
+                "weir_discovery_errors_total",
+                "DNS resolutions of a backend's name that failed (error) or found no address (empty); the last known endpoints are kept.",
+                &[BACKEND, "kind"],
+                &[],
             ),
         }
     }

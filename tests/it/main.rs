@@ -9,6 +9,7 @@ mod backends;
 mod bench;
 mod bench_truth;
 mod cli;
+mod discovery;
 mod edge;
 mod errors;
 mod exemplars;
