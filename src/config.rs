@@ -7,6 +7,7 @@ mod backend;
 pub mod de;
 mod error;
 mod limits;
+mod metrics;
 mod proxy;
 mod restart;
 mod slo;
@@ -23,6 +24,7 @@ pub use auth::{AuthConfig, KeyConfig, parse_hash};
 pub use backend::{BackendConfig, Health, Retries, Strategy, TimeoutOverrides, Timeouts};
 pub use error::{ConfigError, Invalid};
 pub use limits::Limits;
+pub use metrics::MetricsConfig;
 pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
 pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
@@ -62,6 +64,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
     pub telemetry: TelemetryConfig,
+    /// The series' labels (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 /// `[admin]`: the admin listener.
@@ -92,6 +96,7 @@ impl Default for Config {
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
             telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
