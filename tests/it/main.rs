@@ -21,6 +21,7 @@ mod openai_sdk;
 mod ops;
 mod otlp_metrics;
 mod report;
+mod series;
 mod sim;
 mod tenants;
 mod top;
