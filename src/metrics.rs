@@ -512,5 +512,19 @@ mod tests {
         for line in histogram_lines {
             assert!(!line.contains("backend="), "{line}");
         }
+        // The exemplar a request on `y` left is on the shared histogram's bucket.
+        let ids = Ids {
+            trace_id: [0xab; 16],
+            span_id: [0xcd; 8],
+        };
+        sy.ex.ttft.record(0.3, ids, 1.0);
+        let om = m.render_openmetrics();
+        let bucket =
+            format!("gen_ai_server_time_to_first_token_seconds_bucket{{{l},le=\"0.3\"}} 2 # ");
+        let line = om.lines().find(|x| x.starts_with(&bucket));
+        assert!(
+            line.is_some_and(|x| x.contains(&"ab".repeat(16))),
+            "{bucket} in\n{om}"
+        );
     }
 }
