@@ -8,6 +8,7 @@ pub mod de;
 mod discovery;
 mod error;
 mod limits;
+mod metrics;
 mod proxy;
 mod restart;
 mod slo;
@@ -26,6 +27,7 @@ pub use backend::{BackendConfig, Health, Retries, Strategy, TimeoutOverrides, Ti
 pub use discovery::{Discovery, DiscoveryKind};
 pub use error::{ConfigError, Invalid};
 pub use limits::Limits;
+pub use metrics::MetricsConfig;
 pub use proxy::{API_PATHS, ProxyConfig};
 pub use slo::{SloConfig, SloOverride, Targets};
 pub use telemetry::{Protocol, SamplerKind, TelemetryConfig};
@@ -70,6 +72,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
     pub telemetry: TelemetryConfig,
+    /// The series' labels (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 /// `[admin]`: the admin listener.
@@ -104,6 +108,7 @@ impl Default for Config {
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
             telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -45,7 +45,7 @@ pub async fn start_with(
     let admin_listener = bind("admin_listen", "--admin-listen", config.admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let metrics = Metrics::with_slo(config.known_models(), &config.slo);
+    let metrics = Metrics::with_config(config.known_models(), &config.slo, &config.metrics);
     let tls = listener_tls("proxy", "tls", config.tls.as_ref(), &metrics)?;
     let admin_tls = listener_tls("admin", "admin.tls", config.admin.tls.as_ref(), &metrics)?;
     let proxy_opts = server::Options {

@@ -79,12 +79,16 @@ struct Inner {
     tls_handshake_errors: IntCounterVec,
     /// Each DNS backend's endpoints and whether each is up.
     endpoints: Mutex<HashMap<String, HashMap<String, bool>>>,
+    /// The histograms carry `backend` (`[metrics] histogram_backend`).
+    histogram_backend: bool,
 }
 
 type SeriesKey = (Arc<str>, Operation, Arc<str>);
 
 /// The label-resolved series of one (model, operation, backend): looked up once per
-/// request so that per-token observations are a plain atomic update.
+/// request so that per-token observations are a plain atomic update. Without `backend` on
+/// the histograms (`[metrics] histogram_backend = false`) the series of one (model,
+/// operation) share their histograms and exemplars; the counters stay each backend's own.
 pub struct Series {
     pub ttft: Histogram,
     /// Time to the first answer (not reasoning) token.
@@ -102,8 +106,10 @@ pub struct Series {
     /// Output tokens spent reasoning (a subset of output).
     pub reasoning_tokens_total: IntCounter,
     /// The latest request in each bucket of each latency histogram.
-    pub ex: SeriesExemplars,
+    pub ex: Arc<SeriesExemplars>,
     labels: [String; 3],
+    /// The histograms carry `backend`.
+    histogram_backend: bool,
     duration: HistogramVec,
     requests: IntCounterVec,
 }
@@ -162,9 +168,13 @@ impl Series {
     /// `gen_ai_server_request_duration_seconds{outcome}`.
     pub fn observe_duration(&self, outcome: &str, seconds: f64) {
         let [m, o, b] = &self.labels;
-        self.duration
-            .with_label_values(&[m.as_str(), o, b, outcome])
-            .observe(seconds);
+        let h = if self.histogram_backend {
+            self.duration
+                .with_label_values(&[m.as_str(), o, b, outcome])
+        } else {
+            self.duration.with_label_values(&[m.as_str(), o, outcome])
+        };
+        h.observe(seconds);
     }
 
     /// `weir_requests_total{outcome, code}`.
@@ -192,11 +202,16 @@ impl openmetrics::Lookup for Snapshot {
                 .find(|l| l.name() == n)
                 .map(|l| l.value())
         };
-        let want = [label(MODEL)?, label(OPERATION)?, label(BACKEND)?];
-        let s = self
-            .0
-            .iter()
-            .find(|s| s.labels.iter().zip(want).all(|(have, want)| have == want))?;
+        // Histograms without `backend`: every backend's series holds the same exemplars.
+        let want = [
+            label(MODEL)?,
+            label(OPERATION)?,
+            label(BACKEND).unwrap_or_default(),
+        ];
+        let s = self.0.iter().find(|s| {
+            let [m, o, b] = &s.labels;
+            m == want[0] && o == want[1] && (!s.histogram_backend || b == want[2])
+        })?;
         s.ex.of(family, label("outcome"))
     }
 }
@@ -210,6 +225,16 @@ impl Metrics {
     /// As [`Metrics::new`], with the SLO series of `slo` and its thresholds added to the
     /// TTFT, TPOT and ITL buckets.
     pub fn with_slo(models: Vec<String>, slo: &crate::config::SloConfig) -> Metrics {
+        Metrics::with_config(models, slo, &crate::config::MetricsConfig::default())
+    }
+
+    /// As [`Metrics::with_slo`], with the histograms' labels of `metrics` (`[metrics]`).
+    pub fn with_config(
+        models: Vec<String>,
+        slo: &crate::config::SloConfig,
+        metrics: &crate::config::MetricsConfig,
+    ) -> Metrics {
+        let histogram_backend = metrics.histogram_backend;
         let ttft_buckets = crate::slo::merge_buckets(TTFT_BUCKETS, &slo.ttft_bounds());
         let itl_buckets = crate::slo::merge_buckets(TPOT_BUCKETS, &slo.itl_bounds());
         let registry = Registry::new();
@@ -231,7 +256,7 @@ impl Metrics {
             .register(Box::new(tls_handshake_errors.clone()))
             .expect("unique metric names");
         let inner = Inner {
-            f: Families::new(&registry, &ttft_buckets, &itl_buckets),
+            f: Families::new(&registry, &ttft_buckets, &itl_buckets, histogram_backend),
             tls_handshake_errors,
             ttft_buckets,
             itl_buckets,
@@ -243,6 +268,7 @@ impl Metrics {
             none: NO_BACKEND.into(),
             series: RwLock::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
+            histogram_backend,
         };
         let metrics = Metrics {
             inner: Arc::new(inner),
@@ -282,6 +308,11 @@ impl Metrics {
         self.inner.none.clone()
     }
 
+    /// The histograms carry the `backend` label (`[metrics] histogram_backend`).
+    pub fn histogram_backend(&self) -> bool {
+        self.inner.histogram_backend
+    }
+
     /// The series of one (model, operation, backend), created on first use.
     pub fn series(&self, model: &Arc<str>, op: Operation, backend: &Arc<str>) -> Arc<Series> {
         let key = (model.clone(), op, backend.clone());
@@ -295,29 +326,55 @@ impl Metrics {
             return s;
         }
         let i = &self.inner.f;
+        let hb = self.inner.histogram_backend;
         let model_label: &str = model;
         let l = [model_label, op.as_str(), backend];
         let t = |x: &'static str| [model_label, op.as_str(), backend, x];
+        // The histograms' labels: without `backend` when it is off.
+        let h: &[&str] = if hb { &l } else { &l[..2] };
+        let ht = |x: &'static str| {
+            let mut v = h.to_vec();
+            v.push(x);
+            v
+        };
+        let mut map = self.inner.series.write().ok();
+        if let Some(s) = map.as_ref().and_then(|m| m.get(&key)) {
+            return s.clone();
+        }
+        // Without `backend` on the histograms, a (model, operation) has one set of
+        // exemplars, as it has one set of histograms: that of another backend's series.
+        let shared = map
+            .as_ref()
+            .filter(|_| !hb)
+            .and_then(|m| m.iter().find(|(k, _)| k.0 == key.0 && k.1 == op))
+            .map(|(_, s)| s.ex.clone());
+        let ex = shared.unwrap_or_else(|| {
+            Arc::new(SeriesExemplars::new(
+                &self.inner.ttft_buckets,
+                &self.inner.itl_buckets,
+            ))
+        });
         let s = Arc::new(Series {
-            ttft: i.ttft.with_label_values(&l),
-            ttfat: i.ttfat.with_label_values(&l),
-            tpot: i.tpot.with_label_values(&l),
-            itl: i.itl.with_label_values(&l),
-            upstream_ttft: i.upstream_ttft.with_label_values(&l),
-            overhead: i.overhead.with_label_values(&l),
-            input_tokens: i.token_usage.with_label_values(&t("input")),
-            output_tokens: i.token_usage.with_label_values(&t("output")),
+            ttft: i.ttft.with_label_values(h),
+            ttfat: i.ttfat.with_label_values(h),
+            tpot: i.tpot.with_label_values(h),
+            itl: i.itl.with_label_values(h),
+            upstream_ttft: i.upstream_ttft.with_label_values(h),
+            overhead: i.overhead.with_label_values(h),
+            input_tokens: i.token_usage.with_label_values(&ht("input")),
+            output_tokens: i.token_usage.with_label_values(&ht("output")),
             input_tokens_total: i.tokens.with_label_values(&t("input")),
             output_tokens_total: i.tokens.with_label_values(&t("output")),
             cache_read_tokens_total: i.tokens.with_label_values(&t("cache_read")),
             reasoning_tokens_total: i.tokens.with_label_values(&t("reasoning")),
-            ex: SeriesExemplars::new(&self.inner.ttft_buckets, &self.inner.itl_buckets),
+            ex,
             labels: l.map(str::to_string),
+            histogram_backend: hb,
             duration: i.duration.clone(),
             requests: i.requests.clone(),
         });
-        if let Ok(mut m) = self.inner.series.write() {
-            m.entry(key).or_insert_with(|| s.clone());
+        if let Some(m) = map.as_mut() {
+            m.insert(key, s.clone());
         }
         s
     }
@@ -527,5 +584,61 @@ mod tests {
         ), "{text}");
         assert!(text.contains("weir_errors_total{kind=\"no_backend\"} 0"));
         assert!(text.contains("weir_timeouts_total{kind=\"first_token\"} 0"));
+    }
+
+    #[test]
+    fn without_backend_on_histograms_backends_share_them_and_keep_their_counters() {
+        let config = crate::config::MetricsConfig {
+            histogram_backend: false,
+        };
+        let m = Metrics::with_config(vec!["a".into()], &Default::default(), &config);
+        assert!(!m.histogram_backend());
+        let model = m.model_label(Some("a"));
+        let (x, y): (Arc<str>, Arc<str>) = ("x".into(), "y".into());
+        let sx = m.series(&model, Operation::Chat, &x);
+        let sy = m.series(&model, Operation::Chat, &y);
+        assert!(!Arc::ptr_eq(&sx, &sy), "each backend its own series");
+        assert!(Arc::ptr_eq(&sx.ex, &sy.ex), "one set of exemplars");
+        sx.ttft.observe(0.2);
+        sy.ttft.observe(0.3);
+        sx.observe_duration("ok", 1.0);
+        sy.observe_duration("ok", 2.0);
+        sx.count_request("ok", "2xx");
+        sy.count_request("ok", "2xx");
+        sx.input_tokens_total.inc_by(3);
+        sy.input_tokens_total.inc_by(4);
+        let text = String::from_utf8(m.render()).unwrap();
+        let l = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"a\"";
+        for want in [
+            format!("gen_ai_server_time_to_first_token_seconds_count{{{l}}} 2"),
+            format!("gen_ai_server_request_duration_seconds_count{{{l},outcome=\"ok\"}} 2"),
+            format!("weir_requests_total{{backend=\"x\",code=\"2xx\",{l},outcome=\"ok\"}} 1"),
+            format!("weir_requests_total{{backend=\"y\",code=\"2xx\",{l},outcome=\"ok\"}} 1"),
+            format!("weir_tokens_total{{backend=\"y\",{l},gen_ai_token_type=\"input\"}} 4"),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+        let histogram_lines = text
+            .lines()
+            .filter(|l| l.contains("_bucket{") || l.contains("_count{") || l.contains("_sum{"))
+            .filter(|l| !l.starts_with("process_"));
+        assert!(histogram_lines.clone().count() > 0);
+        for line in histogram_lines {
+            assert!(!line.contains("backend="), "{line}");
+        }
+        // The exemplar a request on `y` left is on the shared histogram's bucket.
+        let ids = Ids {
+            trace_id: [0xab; 16],
+            span_id: [0xcd; 8],
+        };
+        sy.ex.ttft.record(0.3, ids, 1.0);
+        let om = m.render_openmetrics();
+        let bucket =
+            format!("gen_ai_server_time_to_first_token_seconds_bucket{{{l},le=\"0.3\"}} 2 # ");
+        let line = om.lines().find(|x| x.starts_with(&bucket));
+        assert!(
+            line.is_some_and(|x| x.contains(&"ab".repeat(16))),
+            "{bucket} in\n{om}"
+        );
     }
 }

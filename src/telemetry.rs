@@ -172,7 +172,8 @@ struct Pipeline {
 impl Telemetry {
     /// Registers `weir_telemetry_dropped_spans_total` in `metrics` and, when the config
     /// enables traces, starts the exporter on the current tokio runtime; when it enables
-    /// metrics, the metrics pipeline (with `slo`'s thresholds in the bucket bounds). A pipeline
+    /// metrics, the metrics pipeline (with `slo`'s thresholds in the bucket bounds, and
+    /// `weir.backend` on the histograms as `metrics` has `backend` on its own). A pipeline
     /// that cannot start is logged and the gateway runs without it: telemetry never stops
     /// traffic.
     pub fn start(config: &TelemetryConfig, slo: &SloConfig, metrics: &Metrics) -> Telemetry {
@@ -185,7 +186,7 @@ impl Telemetry {
             export_timeout: config.export_timeout,
         };
         if config.metrics {
-            telemetry.start_metrics(config, slo);
+            telemetry.start_metrics(config, slo, metrics.histogram_backend());
         }
         if !config.enabled {
             return telemetry;
@@ -208,8 +209,8 @@ impl Telemetry {
         telemetry
     }
 
-    fn start_metrics(&mut self, config: &TelemetryConfig, slo: &SloConfig) {
-        match otel_metrics::start(config, slo, resource(config)) {
+    fn start_metrics(&mut self, config: &TelemetryConfig, slo: &SloConfig, backend: bool) {
+        match otel_metrics::start(config, slo, backend, resource(config)) {
             Ok((instruments, provider)) => {
                 tracing::info!(
                     endpoint = %config.metrics_endpoint(),

@@ -1,6 +1,7 @@
 //! What a reload cannot change: the fields read once, when the gateway starts (its
 //! listeners, the connection limits of its servers, the histogram buckets the SLO thresholds
-//! add, the trace and metric pipelines). A reload keeps their running values and names them.
+//! add, the histograms' labels, the trace and metric pipelines). A reload keeps their running
+//! values and names them.
 
 use super::Config;
 
@@ -28,6 +29,7 @@ impl Config {
             "limits.redis" => limits.redis,
             "slo" => slo,
             "telemetry" => telemetry,
+            "metrics.histogram_backend" => metrics.histogram_backend,
         }
         // A listener's certificate and key are read again on every reload; whether it speaks
         // TLS at all is fixed at start.

@@ -38,6 +38,7 @@ fn shipped_config_is_valid() {
     assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
     assert_eq!(c.shutdown_grace, d.shutdown_grace);
     assert_eq!(c.telemetry, d.telemetry);
+    assert_eq!(c.metrics, d.metrics);
 }
 
 #[test]
@@ -160,5 +161,24 @@ fn dns_discovery_needs_a_host_name() {
     assert!(
         Config::parse(&format!("{text}ttl = \"1s\"\n")).is_err(),
         "unknown keys are errors"
+    );
+}
+
+#[test]
+fn histogram_backend_is_parsed_defaults_to_true_and_needs_a_restart() {
+    assert!(Config::default().metrics.histogram_backend);
+    let off = Config::parse("[metrics]\nhistogram_backend = false\n").unwrap();
+    assert!(!off.metrics.histogram_backend);
+    let err = Config::parse("[metrics]\nhistogram_backends = false\n").unwrap_err();
+    assert!(err.contains("histogram_backends"), "{err}");
+    let mut reloaded = off.clone();
+    let running = Config::default();
+    assert_eq!(
+        reloaded.keep_fixed_at_start(&running),
+        vec!["metrics.histogram_backend"]
+    );
+    assert!(
+        reloaded.metrics.histogram_backend,
+        "the running value is kept"
     );
 }

@@ -58,9 +58,21 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str], zeros: &[&str]
 }
 
 impl Families {
-    /// Builds and registers every family; TTFT and ITL/TPOT take the given buckets.
-    pub(super) fn new(r: &Registry, ttft_buckets: &[f64], itl_buckets: &[f64]) -> Families {
-        let common = [MODEL, OPERATION, BACKEND];
+    /// Builds and registers every family; TTFT and ITL/TPOT take the given buckets. The
+    /// histograms carry `backend` when `histogram_backend`; the counters always do.
+    pub(super) fn new(
+        r: &Registry,
+        ttft_buckets: &[f64],
+        itl_buckets: &[f64],
+        histogram_backend: bool,
+    ) -> Families {
+        let hist_labels = |extra: Option<&'static str>| {
+            let mut l = vec![MODEL, OPERATION];
+            l.extend(histogram_backend.then_some(BACKEND));
+            l.extend(extra);
+            l
+        };
+        let common = hist_labels(None);
         let with = |extra: &'static str| [MODEL, OPERATION, BACKEND, extra];
         let errors: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         Families {
@@ -118,14 +130,14 @@ impl Families {
                 "gen_ai_server_request_duration_seconds",
                 "Time from the request head to the end of the response body.",
                 DURATION_BUCKETS,
-                &with("outcome"),
+                &hist_labels(Some("outcome")),
             ),
             token_usage: hist(
                 r,
                 "gen_ai_client_token_usage",
                 "Tokens per request, as reported by the backend (or estimated).",
                 TOKEN_BUCKETS,
-                &with(TOKEN_TYPE),
+                &hist_labels(Some(TOKEN_TYPE)),
             ),
             upstream_ttft: hist(
                 r,

@@ -4,7 +4,9 @@
 //! conventions have one (`gen_ai.server.time_to_first_token`, ...) and `weir.*` otherwise, the
 //! Prometheus histograms' bucket bounds (SLO thresholds merged in) and the attributes
 //! `gen_ai.request.model`, `gen_ai.operation.name`, `weir.backend` (plus `weir.outcome` or
-//! `gen_ai.token.type` where the Prometheus series have outcome or token type).
+//! `gen_ai.token.type` where the Prometheus series have outcome or token type). As on
+//! `/metrics`, `[metrics] histogram_backend = false` leaves `weir.backend` off the histograms
+//! (the counters keep it).
 //!
 //! Built once at start, held by `Telemetry`; a request takes a [`RequestMetrics`] only when
 //! they are on. It records once per finished request (`finish`) and once per inter-token gap
@@ -55,6 +57,8 @@ pub struct Instruments {
     token_usage: Histogram<u64>,
     requests: Counter<u64>,
     tokens: Counter<u64>,
+    /// The histograms carry `weir.backend`.
+    histogram_backend: bool,
     /// The bound instruments of each series recorded so far, by the series' address.
     series: RwLock<HashMap<usize, Arc<Bound>>>,
 }
@@ -69,8 +73,9 @@ fn seconds(m: &Meter, name: &'static str, help: &'static str, bounds: &[f64]) ->
 
 impl Instruments {
     /// The instruments of `meter`; TTFT and ITL/TPOT bounds with `slo`'s thresholds added,
-    /// as the Prometheus histograms have them.
-    pub fn new(meter: &Meter, slo: &SloConfig) -> Instruments {
+    /// as the Prometheus histograms have them, and `weir.backend` on the histograms when
+    /// `histogram_backend`.
+    pub fn new(meter: &Meter, slo: &SloConfig, histogram_backend: bool) -> Instruments {
         let ttft = merge_buckets(TTFT_BUCKETS, &slo.ttft_bounds());
         let itl = merge_buckets(TPOT_BUCKETS, &slo.itl_bounds());
         let m = meter;
@@ -133,6 +138,7 @@ impl Instruments {
                 .with_unit("{token}")
                 .with_description("Tokens processed, by type.")
                 .build(),
+            histogram_backend,
             series: RwLock::new(HashMap::new()),
         }
     }
@@ -144,7 +150,7 @@ impl Instruments {
         if let Some(b) = found {
             return b;
         }
-        let b = Arc::new(Bound::new(l));
+        let b = Arc::new(Bound::new(l, self.histogram_backend));
         match self.series.write() {
             Ok(mut m) => m.entry(key).or_insert(b).clone(),
             Err(_) => b,
@@ -198,6 +204,8 @@ struct Bound {
     /// Holds the series, so that its address (the key) is not reused.
     series: Arc<Series>,
     base: [KeyValue; 3],
+    /// The histograms' attributes: `base`, without `weir.backend` when it is off.
+    hist: Vec<KeyValue>,
     ttft: OnceLock<BoundHistogram<f64>>,
     ttfat: OnceLock<BoundHistogram<f64>>,
     tpot: OnceLock<BoundHistogram<f64>>,
@@ -215,15 +223,20 @@ struct Bound {
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_read", "reasoning"];
 
 /// The base attributes and one more.
-fn and(base: &[KeyValue; 3], kv: KeyValue) -> [KeyValue; 4] {
-    [base[0].clone(), base[1].clone(), base[2].clone(), kv]
+fn and(base: &[KeyValue], kv: KeyValue) -> Vec<KeyValue> {
+    let mut v = base.to_vec();
+    v.push(kv);
+    v
 }
 
 impl Bound {
-    fn new(l: &Labels<'_>) -> Bound {
+    fn new(l: &Labels<'_>, histogram_backend: bool) -> Bound {
+        let base = l.attributes();
+        let n = if histogram_backend { 3 } else { 2 };
         Bound {
             series: l.series.clone(),
-            base: l.attributes(),
+            hist: base[..n].to_vec(),
+            base,
             ttft: OnceLock::new(),
             ttfat: OnceLock::new(),
             tpot: OnceLock::new(),
@@ -238,7 +251,7 @@ impl Bound {
     }
 
     fn latency(&self, cell: &OnceLock<BoundHistogram<f64>>, h: &Histogram<f64>, d: Duration) {
-        cell.get_or_init(|| h.bind(&self.base))
+        cell.get_or_init(|| h.bind(&self.hist))
             .record(d.as_secs_f64());
     }
 
@@ -250,23 +263,25 @@ impl Bound {
         some(&self.ttfat, &i.ttfat, f.ttfat);
         some(&self.tpot, &i.tpot, f.tpot);
         if let Some(o) = OUTCOMES.iter().position(|o| *o == f.outcome) {
-            let attrs = || and(&self.base, KeyValue::new(OUTCOME, OUTCOMES[o]));
+            let outcome = || KeyValue::new(OUTCOME, OUTCOMES[o]);
             self.duration[o]
-                .get_or_init(|| i.duration.bind(&attrs()))
+                .get_or_init(|| i.duration.bind(&and(&self.hist, outcome())))
                 .record(f.e2e.as_secs_f64());
             self.requests[o]
-                .get_or_init(|| i.requests.bind(&attrs()))
+                .get_or_init(|| i.requests.bind(&and(&self.base, outcome())))
                 .add(1);
         }
         let counts = [f.input, f.output, Some(f.cache_read), Some(f.reasoning)];
         for (t, n) in counts.into_iter().enumerate() {
             let Some(n) = n else { continue };
-            let attrs = || and(&self.base, KeyValue::new(TOKEN_TYPE, TOKEN_TYPES[t]));
+            let attrs = |base: &[KeyValue]| and(base, KeyValue::new(TOKEN_TYPE, TOKEN_TYPES[t]));
             if let Some(usage) = self.usage.get(t) {
-                usage.get_or_init(|| i.token_usage.bind(&attrs())).record(n);
+                usage
+                    .get_or_init(|| i.token_usage.bind(&attrs(&self.hist)))
+                    .record(n);
             }
             self.tokens[t]
-                .get_or_init(|| i.tokens.bind(&attrs()))
+                .get_or_init(|| i.tokens.bind(&attrs(&self.base)))
                 .add(n);
         }
     }

@@ -22,6 +22,7 @@ mod openai_sdk;
 mod ops;
 mod otlp_metrics;
 mod report;
+mod series;
 mod sim;
 mod tenants;
 mod tls;

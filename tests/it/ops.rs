@@ -228,6 +228,50 @@ fn the_dockerfile_builds_in_stages_and_exposes_weirs_ports() {
     assert!(ops::root().join(".dockerignore").is_file());
 }
 
+/// weir's histograms: the families that lose `backend` with `[metrics] histogram_backend =
+/// false`.
+const HISTOGRAMS: [&str; 8] = [
+    "gen_ai_server_time_to_first_token_seconds",
+    "weir_time_to_first_answer_token_seconds",
+    "gen_ai_server_time_per_output_token_seconds",
+    "weir_inter_token_latency_seconds",
+    "weir_upstream_time_to_first_token_seconds",
+    "weir_gateway_overhead_seconds",
+    "gen_ai_server_request_duration_seconds",
+    "gen_ai_client_token_usage",
+];
+
+/// No panel, recording rule or alert reads `backend` from a histogram: each works with
+/// `[metrics] histogram_backend = false` too (per-backend panels use the counters).
+#[test]
+fn no_panel_or_rule_needs_backend_on_a_histogram() {
+    let mut exprs = stack::dashboard_exprs();
+    for file in std::fs::read_dir(ops::root().join("config/prometheus/rules")).unwrap() {
+        let name = file.unwrap().file_name().to_string_lossy().into_owned();
+        let rules = ops::yaml(&format!("config/prometheus/rules/{name}"));
+        for g in rules["groups"].as_sequence().into_iter().flatten() {
+            for r in g["rules"].as_sequence().into_iter().flatten() {
+                let what = r["record"].as_str().or(r["alert"].as_str()).unwrap();
+                exprs.push((
+                    format!("{name}: {what}"),
+                    r["expr"].as_str().unwrap().into(),
+                ));
+            }
+        }
+    }
+    let on_histograms: Vec<_> = exprs
+        .iter()
+        .filter(|(_, e)| HISTOGRAMS.iter().any(|h| e.contains(h)))
+        .collect();
+    assert!(on_histograms.len() >= 20, "{}", on_histograms.len());
+    for (what, e) in on_histograms {
+        assert!(
+            !e.contains("backend"),
+            "{what}: `{e}` needs `backend` on a histogram"
+        );
+    }
+}
+
 #[test]
 fn the_dashboard_uses_the_provisioned_data_sources_and_links_to_jaeger() {
     stack::check_dashboard();
@@ -273,6 +317,17 @@ fn tenants_config(sim: std::net::SocketAddr) -> Config {
 /// then every PromQL expression of the dashboard returns data from that Prometheus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
+    alerts_and_dashboard(true).await;
+}
+
+/// The same with `[metrics] histogram_backend = false`: the alerts, recording rules and
+/// panels need no `backend` on a histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_backend_on_histograms_alerts_and_every_dashboard_query_still_work() {
+    alerts_and_dashboard(false).await;
+}
+
+async fn alerts_and_dashboard(histogram_backend: bool) {
     let (Some(prometheus), Some(alertmanager)) =
         (tool("prometheus"), tool("prometheus-alertmanager"))
     else {
@@ -285,7 +340,9 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
         ..SimConfig::default()
     })
     .await;
-    let gw = weir::gateway::start(tenants_config(sim)).await.unwrap();
+    let mut config = tenants_config(sim);
+    config.metrics.histogram_backend = histogram_backend;
+    let gw = weir::gateway::start(config).await.unwrap();
     let mut webhook = ops::webhook().await;
     let dcgm = ops::fake_dcgm().await;
     let stack = stack::Stack::start(
@@ -346,6 +403,19 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
         "{jaeger}"
     );
     eprintln!("alert delivered after {:?}", started.elapsed());
+    // The histograms have `backend` as configured; the counters always.
+    let text = scrape(gw.admin_addr).await;
+    let all = crate::common::prom::samples(&text);
+    let with_backend = |name: &str| {
+        let of: Vec<_> = all.iter().filter(|s| s.name == name).collect();
+        assert!(!of.is_empty(), "no {name} in\n{text}");
+        of.iter().all(|s| s.labels.contains_key("backend"))
+    };
+    assert_eq!(
+        with_backend("gen_ai_server_time_to_first_token_seconds_bucket"),
+        histogram_backend
+    );
+    assert!(with_backend("weir_requests_total"));
 
     let exprs = stack::dashboard_exprs();
     assert!(exprs.len() >= 30, "{} expressions", exprs.len());
@@ -362,7 +432,7 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
     }
     load.stop().await;
     eprintln!(
-        "{} dashboard queries returned data; whole run {:?}",
+        "{} dashboard queries returned data (histogram_backend = {histogram_backend}); whole run {:?}",
         exprs.len(),
         started.elapsed()
     );

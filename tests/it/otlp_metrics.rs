@@ -271,6 +271,72 @@ async fn metrics_over_http_hold_what_prometheus_holds() {
     export_of_n_requests(Collector::http().await).await;
 }
 
+/// `[metrics] histogram_backend = false`: over OTLP as on `/metrics`, one point per
+/// histogram for the model's requests on two backends, without `weir.backend`, holding what
+/// the Prometheus histogram holds; the counters keep a point per backend.
+#[tokio::test]
+async fn without_backend_on_histograms_the_backends_share_one_point() {
+    let mut col = Collector::http().await;
+    let sims = [
+        start_sim(SimConfig::fast()).await,
+        start_sim(SimConfig::fast()).await,
+    ];
+    let mut config = gateway_config(&sims);
+    config.balance = weir::config::Strategy::RoundRobin;
+    config.metrics.histogram_backend = false;
+    config.telemetry = TelemetryConfig {
+        metrics: true,
+        protocol: Protocol::HttpProtobuf,
+        metrics_endpoint: col.metrics_endpoint.clone(),
+        metrics_interval: Duration::from_millis(100),
+        ..TelemetryConfig::default()
+    };
+    let gw = gateway::start(config).await.unwrap();
+    let n = 4;
+    chats(gw.addr, n).await;
+    wait_for_metrics(gw.admin_addr, "the requests", |m| {
+        sum(m, "weir_requests_total", &[]) == Some(n as f64)
+    })
+    .await;
+    col.metrics_until(|r| counter_total(r, "weir.requests") == n)
+        .await;
+    let r = col.next_metrics().await;
+    let prom = scrape(gw.admin_addr).await;
+    let base: BTreeMap<String, String> = [
+        ("gen_ai.request.model", "tiny-llama"),
+        ("gen_ai.operation.name", "chat"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let ttft = histogram(metric(&r, "gen_ai.server.time_to_first_token"));
+    assert_eq!(ttft.len(), 1, "one point for both backends");
+    let p = only(ttft, |p| &p.attributes, &base);
+    assert_eq!(p.count, n);
+    same_as_prometheus(p, &prom, "gen_ai_server_time_to_first_token_seconds", &[]);
+    let duration = histogram(metric(&r, "gen_ai.server.request.duration"));
+    let p = only(
+        duration,
+        |p| &p.attributes,
+        &with(&base, "weir.outcome", "ok"),
+    );
+    assert_eq!(p.count, n);
+    let usage = histogram(metric(&r, "gen_ai.client.token.usage"));
+    assert_eq!(usage.len(), 2, "input and output");
+    assert!(
+        usage
+            .iter()
+            .all(|p| !attr_map(&p.attributes).contains_key("weir.backend"))
+    );
+    let requests = counter(metric(&r, "weir.requests"));
+    let backends: std::collections::BTreeSet<String> = requests
+        .iter()
+        .map(|p| attr_map(&p.attributes)["weir.backend"].clone())
+        .collect();
+    assert_eq!(backends.len(), 2, "a point per backend: {backends:?}");
+    assert_eq!(requests.iter().map(int_value).sum::<u64>(), n);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_last_metrics_go_out_at_shutdown() {
     let mut col = Collector::http().await;

@@ -56,6 +56,7 @@ impl Drop for OwnRuntime {
 pub fn start(
     config: &TelemetryConfig,
     slo: &SloConfig,
+    histogram_backend: bool,
     resource: Resource,
 ) -> Result<(Arc<Instruments>, SdkMeterProvider), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -82,7 +83,10 @@ pub fn start(
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     let meter = provider.meter_with_scope(scope);
-    Ok((Arc::new(Instruments::new(&meter, slo)), provider))
+    Ok((
+        Arc::new(Instruments::new(&meter, slo, histogram_backend)),
+        provider,
+    ))
 }
 
 fn exporter(config: &TelemetryConfig) -> Result<opentelemetry_otlp::MetricExporter, String> {
