@@ -209,7 +209,7 @@ fn run_curl(curl: &Path, args: &[&str]) -> String {
     stdout
 }
 
-const STREAM_BODY: &str = r#"{"model":"tiny-llama","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_BODY: &str = r#"{"model":"tiny-llama","stream":true,"max_tokens":5,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 #[tokio::test]
 async fn curl_speaks_http1_and_http2_over_tls_and_the_requests_are_measured() {
@@ -373,7 +373,7 @@ client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeo
                        http_client=httpx.Client(verify=cafile))
 chunks, text, usage = 0, "", None
 stream = client.chat.completions.create(model="tiny-llama", stream=True, max_tokens=6,
-    stream_options={"include_usage": True},
+    stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     messages=[{"role": "user", "content": "How high is the weir?"}])
 for c in stream:
     chunks += 1
@@ -534,6 +534,16 @@ async fn the_admin_listener_speaks_tls_too() {
         )
         .await;
     assert!(plain.is_err() || plain.unwrap().status() == StatusCode::BAD_REQUEST);
+    let url = format!("https://127.0.0.1:{}/metrics", gw.admin_addr.port());
+    let ca = pki.ca();
+    let curl = tool_from("curl", "curl").unwrap();
+    let m = tokio::task::spawn_blocking(move || {
+        run_curl(&curl, &["--cacert", ca.to_str().unwrap(), &url])
+    })
+    .await
+    .unwrap();
+    assert_eq!(value(&m, "weir_tls_handshake_errors_total", &l), 1.0, "{m}");
+    assert!(!m.contains("listener=\"proxy\""), "{m}");
     // The proxy listener is plain: plain HTTP serves there.
     let (status, _) = get_text(gw.addr, "/v1/models").await;
     assert_eq!(status, StatusCode::OK);
