@@ -927,3 +927,62 @@ async fn a_backend_that_requires_a_client_certificate_gets_one() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_connections_count_against_the_limit_and_end_with_the_shutdown() {
+    let pki = Pki::new("limits");
+    let sim = start_sim(SimConfig {
+        itl: Duration::from_millis(20),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut c = gateway_config(&[sim]);
+    c.tls = Some(listener_tls(&pki.server("server", 1)));
+    c.limits.max_connections = 1;
+    let gw = gateway::start(c).await.unwrap();
+    let trust = client_config(&pki.ca(), &[b"http/1.1"]);
+
+    // One TLS connection holds the only slot with a stream.
+    let held = connect(gw.addr, trust.clone()).await.unwrap();
+    let mut first = h1_over_tls(held).await;
+    let body = serde_json::to_vec(&chat(true, 40)).unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let stream = first.send_request(req).await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    // A second one is over the limit: it still completes its handshake and gets a 503.
+    let over = connect(gw.addr, trust.clone()).await.unwrap();
+    let mut second = h1_over_tls(over).await;
+    let req = Request::get("/v1/models")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = second.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["connection"], "close");
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_rejected_total", &[("reason", "connections")]),
+        1.0
+    );
+
+    // Shutdown: the open stream over TLS runs to its end within the grace period.
+    let addr = gw.addr;
+    let shutdown = tokio::spawn(gw.shutdown());
+    let body = tokio::time::timeout(Duration::from_secs(30), stream.into_body().collect())
+        .await
+        .expect("the stream ends within the grace period")
+        .expect("the stream ends cleanly")
+        .to_bytes();
+    assert!(sse_data(&body).iter().any(|d| d == "[DONE]"));
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("the gateway stops")
+        .unwrap();
+    // Nothing listens any more.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
