@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client ──► server    (hyper-util: HTTP/1.1 + h2c, or TLS with ALPN; graceful
-//!                       shutdown)                                            server.rs, tls.rs
+//!                       shutdown)                                    server.rs, tls.rs
 //!        ──► edge      (x-request-id; the request's record starts: t0, trace
 //!                       context, the config it works with; recorded exactly
 //!                       once however it ends)                                  edge.rs, record.rs

@@ -36,6 +36,9 @@ fn shipped_config_is_valid() {
     assert_eq!(c.limits.max_sse_line, d.limits.max_sse_line);
     assert_eq!(c.proxy, d.proxy);
     assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
+    // TLS is off unless its table is written: the file shows it commented out.
+    assert!(c.tls.is_none() && c.admin.tls.is_none());
+    assert!(c.backends.iter().all(|b| b.tls.is_none()));
     assert_eq!(c.shutdown_grace, d.shutdown_grace);
     assert_eq!(c.telemetry, d.telemetry);
     assert_eq!(c.metrics, d.metrics);
@@ -181,4 +184,46 @@ fn histogram_backend_is_parsed_defaults_to_true_and_needs_a_restart() {
         reloaded.metrics.histogram_backend,
         "the running value is kept"
     );
+    );
+}
+
+#[test]
+fn tls_tables_parse_and_only_their_presence_needs_a_restart() {
+    let text = r#"
+        [tls]
+        cert = "/etc/weir/tls/chain.pem"
+        key = "/etc/weir/tls/key.pem"
+        [admin.tls]
+        cert = "/etc/weir/tls/admin-chain.pem"
+        key = "/etc/weir/tls/admin-key.pem"
+        [[backends]]
+        url = "https://10.0.0.7:8443"
+        tls = { ca = "/ca.pem", cert = "/client.pem", key = "/client-key.pem", server_name = "vllm-0.internal" }
+    "#;
+    let c = Config::parse(text).unwrap();
+    let tls = c.tls.clone().unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/weir/tls/chain.pem"));
+    assert_eq!(tls.key, Path::new("/etc/weir/tls/key.pem"));
+    assert_eq!(
+        c.admin.tls.as_ref().unwrap().cert,
+        Path::new("/etc/weir/tls/admin-chain.pem")
+    );
+    let b = c.backends[0].tls.clone().unwrap();
+    assert_eq!(b.ca.as_deref(), Some(Path::new("/ca.pem")));
+    assert_eq!(b.server_name.as_deref(), Some("vllm-0.internal"));
+
+    let err =
+        Config::parse("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nciphers = []").unwrap_err();
+    assert!(err.contains("ciphers"), "{err}");
+    let err = Config::parse("[tls]\ncert = \"/c.pem\"").unwrap_err();
+    assert!(err.contains("key"), "{err}");
+
+    // New files for a listener with TLS are taken; TLS turned on or off is not.
+    let mut plain = Config::parse("").unwrap();
+    assert_eq!(plain.keep_fixed_at_start(&c), vec!["tls", "admin.tls"]);
+    assert_eq!(plain.tls, c.tls);
+    let mut moved = c.clone();
+    moved.tls.as_mut().unwrap().cert = "/etc/weir/tls/new.pem".into();
+    assert!(moved.keep_fixed_at_start(&c).is_empty());
+    assert_eq!(moved.tls.unwrap().cert, Path::new("/etc/weir/tls/new.pem"));
 }

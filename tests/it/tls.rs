@@ -209,7 +209,7 @@ fn run_curl(curl: &Path, args: &[&str]) -> String {
     stdout
 }
 
-const STREAM_BODY: &str = r#"{"model":"tiny-llama","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_BODY: &str = r#"{"model":"tiny-llama","stream":true,"max_tokens":5,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 #[tokio::test]
 async fn curl_speaks_http1_and_http2_over_tls_and_the_requests_are_measured() {
@@ -373,7 +373,7 @@ client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeo
                        http_client=httpx.Client(verify=cafile))
 chunks, text, usage = 0, "", None
 stream = client.chat.completions.create(model="tiny-llama", stream=True, max_tokens=6,
-    stream_options={"include_usage": True},
+    stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     messages=[{"role": "user", "content": "How high is the weir?"}])
 for c in stream:
     chunks += 1
@@ -534,6 +534,16 @@ async fn the_admin_listener_speaks_tls_too() {
         )
         .await;
     assert!(plain.is_err() || plain.unwrap().status() == StatusCode::BAD_REQUEST);
+    let url = format!("https://127.0.0.1:{}/metrics", gw.admin_addr.port());
+    let ca = pki.ca();
+    let curl = tool_from("curl", "curl").unwrap();
+    let m = tokio::task::spawn_blocking(move || {
+        run_curl(&curl, &["--cacert", ca.to_str().unwrap(), &url])
+    })
+    .await
+    .unwrap();
+    assert_eq!(value(&m, "weir_tls_handshake_errors_total", &l), 1.0, "{m}");
+    assert!(!m.contains("listener=\"proxy\""), "{m}");
     // The proxy listener is plain: plain HTTP serves there.
     let (status, _) = get_text(gw.addr, "/v1/models").await;
     assert_eq!(status, StatusCode::OK);
@@ -916,4 +926,63 @@ async fn a_backend_that_requires_a_client_certificate_gets_one() {
         refused_before
     );
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_connections_count_against_the_limit_and_end_with_the_shutdown() {
+    let pki = Pki::new("limits");
+    let sim = start_sim(SimConfig {
+        itl: Duration::from_millis(20),
+        ..SimConfig::fast()
+    })
+    .await;
+    let mut c = gateway_config(&[sim]);
+    c.tls = Some(listener_tls(&pki.server("server", 1)));
+    c.limits.max_connections = 1;
+    let gw = gateway::start(c).await.unwrap();
+    let trust = client_config(&pki.ca(), &[b"http/1.1"]);
+
+    // One TLS connection holds the only slot with a stream.
+    let held = connect(gw.addr, trust.clone()).await.unwrap();
+    let mut first = h1_over_tls(held).await;
+    let body = serde_json::to_vec(&chat(true, 40)).unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let stream = first.send_request(req).await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    // A second one is over the limit: it still completes its handshake and gets a 503.
+    let over = connect(gw.addr, trust.clone()).await.unwrap();
+    let mut second = h1_over_tls(over).await;
+    let req = Request::get("/v1/models")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = second.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["connection"], "close");
+    let m = scrape(gw.admin_addr).await;
+    assert_eq!(
+        value(&m, "weir_rejected_total", &[("reason", "connections")]),
+        1.0
+    );
+
+    // Shutdown: the open stream over TLS runs to its end within the grace period.
+    let addr = gw.addr;
+    let shutdown = tokio::spawn(gw.shutdown());
+    let body = tokio::time::timeout(Duration::from_secs(30), stream.into_body().collect())
+        .await
+        .expect("the stream ends within the grace period")
+        .expect("the stream ends cleanly")
+        .to_bytes();
+    assert!(sse_data(&body).iter().any(|d| d == "[DONE]"));
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("the gateway stops")
+        .unwrap();
+    // Nothing listens any more.
+    assert!(TcpStream::connect(addr).await.is_err());
 }
