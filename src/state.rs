@@ -5,7 +5,7 @@
 //! another; the health checker and the admin listener read the current one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -44,6 +44,8 @@ pub struct AppState {
     /// Requests sent (or about to be) to the backends.
     upstream: Arc<AtomicUsize>,
     current: ArcSwap<Shared>,
+    /// Set when shutdown begins (`shutdown_delay`): not ready, and no more keep-alive.
+    draining: AtomicBool,
 }
 
 /// A request counted in flight to the backends until dropped.
@@ -71,7 +73,19 @@ impl AppState {
             limiter,
             upstream: Arc::new(AtomicUsize::new(0)),
             current: ArcSwap::from_pointee(shared),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the gateway as stopping: `/readyz` answers 503 and HTTP/1 responses close their
+    /// connection, while requests are still served.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Counts a request in flight to the backends, unless `max` (0: no limit) are already.

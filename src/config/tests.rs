@@ -36,6 +36,7 @@ fn shipped_config_is_valid() {
     assert_eq!(c.proxy, d.proxy);
     assert!(c.auth.keys.is_empty() && c.admin.token_sha256.is_empty());
     assert_eq!(c.shutdown_grace, d.shutdown_grace);
+    assert_eq!(c.shutdown_delay, d.shutdown_delay);
     assert_eq!(c.telemetry, d.telemetry);
 }
 
