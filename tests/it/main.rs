@@ -20,6 +20,7 @@ mod observer;
 mod openai_sdk;
 mod ops;
 mod otlp_metrics;
+mod replicas;
 mod report;
 mod sim;
 mod tenants;

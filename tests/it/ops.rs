@@ -291,7 +291,7 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_returns_data() {
     let stack = stack::Stack::start(
         &prometheus,
         &alertmanager,
-        gw.admin_addr,
+        &[gw.admin_addr],
         sim,
         dcgm,
         webhook.addr,
