@@ -62,7 +62,13 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if state.current().pool.any_up() {
+            if state.draining() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "shutting down\n".into(),
+                )
+            } else if state.current().pool.any_up() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(

@@ -2,23 +2,29 @@
 //!
 //! 1. `SetRequestIdLayer` / `PropagateRequestIdLayer` — keeps the client's `x-request-id` or
 //!    makes one, and returns it on the response;
-//! 2. `RecordLayer` (`edge.rs`) — every request's record starts here, with the config it
+//! 2. `CloseWhenDrainingLayer` — while shutdown drains (`shutdown_delay`), HTTP/1
+//!    responses carry `Connection: close`;
+//! 3. `RecordLayer` (`edge.rs`) — every request's record starts here, with the config it
 //!    works with to the end, and is recorded exactly once however the request ends;
-//! 3. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
+//! 4. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
 //!    as `internal_error`, not a dropped connection;
-//! 4. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
+//! 5. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
 //!    limits;
-//! 5. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
-//! 6. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
+//! 6. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
+//! 7. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -59,6 +65,7 @@ where
     let stack = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(CloseWhenDrainingLayer(state.clone()))
         .layer(RecordLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(GateLayer::new(Admission {
@@ -67,6 +74,76 @@ where
         .layer(GateLayer::new(ApiKeys))
         .service(inner);
     BoxCloneService::new(stack)
+}
+
+/// While the gateway drains (`shutdown_delay`), an HTTP/1 response carries
+/// `Connection: close`: hyper closes the connection after it, and the client (or load
+/// balancer) opens its next one elsewhere instead of reusing one whose listener is about to
+/// close.
+#[derive(Clone)]
+struct CloseWhenDrainingLayer(Arc<AppState>);
+
+impl<S> tower::Layer<S> for CloseWhenDrainingLayer {
+    type Service = CloseWhenDraining<S>;
+    fn layer(&self, inner: S) -> CloseWhenDraining<S> {
+        CloseWhenDraining {
+            inner,
+            state: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CloseWhenDraining<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S, B> Service<Request<Incoming>> for CloseWhenDraining<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = CloseWhenDrainingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < http::Version::HTTP_2;
+        CloseWhenDrainingFuture {
+            inner: self.inner.call(req),
+            state: http1.then(|| self.state.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future; `state` is kept for HTTP/1 requests only.
+    struct CloseWhenDrainingFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Arc<AppState>>,
+    }
+}
+
+impl<F, B> Future for CloseWhenDrainingFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut res) = ready!(this.inner.poll(cx));
+        if this.state.as_ref().is_some_and(|s| s.draining()) {
+            res.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(res))
+    }
 }
 
 /// A caught panic's answer: a 500 whose record says what panicked.

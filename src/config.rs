@@ -70,6 +70,11 @@ pub struct Config {
     /// How long in-flight requests may run on after SIGTERM / Ctrl-C before they are cut.
     #[serde(deserialize_with = "de::duration")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM / Ctrl-C and before the listener closes: `/readyz` answers 503 and
+    /// HTTP/1 responses carry `Connection: close` while requests are still served, so that a
+    /// load balancer takes the replica out first (0: close at once).
+    #[serde(deserialize_with = "de::duration")]
+    pub shutdown_delay: Duration,
     /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
     pub telemetry: TelemetryConfig,
     /// The series' labels (`[metrics]`).
@@ -107,6 +112,7 @@ impl Default for Config {
             costs: Costs::default(),
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
         }

@@ -151,8 +151,20 @@ async fn bind(field: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpL
 }
 
 impl Gateway {
-    /// Stops accepting, waits for open requests up to the configured grace period.
+    /// Stops accepting, waits for open requests up to the configured grace period. With a
+    /// `shutdown_delay`, first reports not ready and closes HTTP/1 connections after their
+    /// responses for that long, still serving, so that a load balancer stops sending here
+    /// before the listener closes.
     pub async fn shutdown(self) {
+        let delay = self.state.current().config.shutdown_delay;
+        self.state.drain();
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "draining: /readyz answers 503 until the listener closes"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.stop.send(true);
         let _ = self.health.await;
         let _ = self.discovery.await;

@@ -5,7 +5,7 @@
 //! another; the health checker and the admin listener read the current one.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -63,6 +63,8 @@ pub struct AppState {
     writer: Mutex<()>,
     /// Wakes DNS discovery when a reload changed the config.
     pub(crate) reloaded: Notify,
+    /// Set when shutdown begins (`shutdown_delay`): not ready, and no more keep-alive.
+    draining: AtomicBool,
 }
 
 /// A request counted in flight to the backends until dropped.
@@ -92,7 +94,19 @@ impl AppState {
             current: ArcSwap::from_pointee(shared),
             writer: Mutex::new(()),
             reloaded: Notify::new(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the gateway as stopping: `/readyz` answers 503 and HTTP/1 responses close their
+    /// connection, while requests are still served.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Counts a request in flight to the backends, unless `max` (0: no limit) are already.

@@ -40,6 +40,7 @@ fn shipped_config_is_valid() {
     assert!(c.tls.is_none() && c.admin.tls.is_none());
     assert!(c.backends.iter().all(|b| b.tls.is_none()));
     assert_eq!(c.shutdown_grace, d.shutdown_grace);
+    assert_eq!(c.shutdown_delay, d.shutdown_delay);
     assert_eq!(c.telemetry, d.telemetry);
     assert_eq!(c.metrics, d.metrics);
 }

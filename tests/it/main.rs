@@ -21,6 +21,7 @@ mod observer;
 mod openai_sdk;
 mod ops;
 mod otlp_metrics;
+mod replicas;
 mod report;
 mod series;
 mod sim;

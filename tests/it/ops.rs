@@ -348,7 +348,7 @@ async fn alerts_and_dashboard(histogram_backend: bool) {
     let stack = stack::Stack::start(
         &prometheus,
         &alertmanager,
-        gw.admin_addr,
+        &[gw.admin_addr],
         sim,
         dcgm,
         webhook.addr,

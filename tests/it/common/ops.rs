@@ -32,8 +32,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 
 /// An installed program, from the Debian `package` named in the note when it is missing.
 pub fn tool_from(name: &str, package: &str) -> Option<PathBuf> {
+    // The sbin directories too: Debian puts daemons (haproxy) there, off a user's PATH.
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
             .map(|d| d.join(name))
             .find(|p| p.is_file())
     });

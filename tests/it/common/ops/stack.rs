@@ -140,10 +140,12 @@ pub fn dashboard_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// Prometheus and Alertmanager from the shipped configs, pointed at the test's servers,
-/// with the waits cut short and the P99 TTFT alert's `for` cut to 1s.
+/// Prometheus and Alertmanager from the shipped configs, pointed at the test's servers
+/// (every weir in `weirs` a target of the `weir` job), with the waits cut short and the P99
+/// TTFT alert's `for` cut to 1s.
 pub struct Stack {
     pub prometheus: SocketAddr,
+    pub alertmanager: SocketAddr,
     procs: Vec<Proc>,
     _dir: TempDir,
 }
@@ -152,7 +154,7 @@ impl Stack {
     pub async fn start(
         prometheus: &Path,
         alertmanager: &Path,
-        weir: SocketAddr,
+        weirs: &[SocketAddr],
         sim: SocketAddr,
         dcgm: SocketAddr,
         webhook: SocketAddr,
@@ -217,18 +219,19 @@ impl Stack {
         prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] =
             vec![Value::from(am_addr.to_string())].into();
         for job in prom["scrape_configs"].as_sequence_mut().unwrap() {
-            let target = match job["job_name"].as_str().unwrap() {
-                "weir" => weir,
-                "vllm" => sim,
-                "dcgm" => dcgm,
-                "prometheus" => prom_addr,
+            let targets: Vec<String> = match job["job_name"].as_str().unwrap() {
+                "weir" => weirs.iter().map(|a| format!("'{a}'")).collect(),
+                "vllm" => vec![format!("'{sim}'")],
+                "dcgm" => vec![format!("'{dcgm}'")],
+                "prometheus" => vec![format!("'{prom_addr}'")],
                 other => panic!("the test has no stand-in for scrape job {other}"),
             };
             let map = job.as_mapping_mut().unwrap();
             map.remove("dns_sd_configs");
             map.remove("relabel_configs");
             let static_configs: Value =
-                serde_norway::from_str(&format!("[{{targets: ['{target}']}}]")).unwrap();
+                serde_norway::from_str(&format!("[{{targets: [{}]}}]", targets.join(", ")))
+                    .unwrap();
             map.insert("static_configs".into(), static_configs);
         }
         write("prometheus.yml", &prom);
@@ -245,6 +248,7 @@ impl Stack {
         ));
         let stack = Stack {
             prometheus: prom_addr,
+            alertmanager: am_addr,
             procs,
             _dir: dir,
         };
