@@ -16,6 +16,7 @@ mod exemplars;
 mod gateway;
 mod hostile;
 mod inspect_props;
+mod kubernetes;
 mod limits;
 mod observer;
 mod openai_sdk;
