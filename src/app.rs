@@ -1,17 +1,16 @@
 //! The one place the proxy listener's tower stack is assembled. Layers, outermost first:
 //!
-//! 1. `SetRequestIdLayer` / `PropagateRequestIdLayer` — keeps the client's `x-request-id` or
-//!    makes one, and returns it on the response;
-//! 2. `CloseWhenDrainingLayer` — while shutdown drains (`shutdown_delay`), HTTP/1
+//! 1. `CloseWhenDrainingLayer` — while shutdown drains (`shutdown_delay`), HTTP/1
 //!    responses carry `Connection: close`;
-//! 3. `RecordLayer` (`edge.rs`) — every request's record starts here, with the config it
+//! 2. `RecordLayer` (`edge.rs`) — keeps the client's `x-request-id` or makes one, and
+//!    returns it on the response; every request's record starts here, with the config it
 //!    works with to the end, and is recorded exactly once however the request ends;
-//! 4. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
+//! 3. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
 //!    as `internal_error`, not a dropped connection;
-//! 5. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
+//! 4. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
 //!    limits;
-//! 6. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
-//! 7. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
+//! 5. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
+//! 6. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -28,11 +27,9 @@ use pin_project_lite::pin_project;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::edge::{EdgeBody, RecordLayer};
 use crate::error::GatewayError;
-use crate::forward::RandomRequestId;
 use crate::gate::{Admission, ApiKeys, GateLayer};
 use crate::observe::ObservedBody;
 use crate::proxy::Proxy;
@@ -63,8 +60,6 @@ where
     B::Error: Into<tower_http::BoxError>,
 {
     let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(CloseWhenDrainingLayer(state.clone()))
         .layer(RecordLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(panic_response))

@@ -185,7 +185,6 @@ fn histogram_backend_is_parsed_defaults_to_true_and_needs_a_restart() {
         reloaded.metrics.histogram_backend,
         "the running value is kept"
     );
-    );
 }
 
 #[test]
