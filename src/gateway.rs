@@ -185,9 +185,9 @@ impl Gateway {
     /// Loads and validates `path` and, when it is good, switches to its backends, balancing,
     /// health, timeouts, keys and per-request limits, and the listeners' TLS certificates
     /// (for new handshakes; open connections keep theirs); otherwise keeps the running config
-    /// and certificates and says why. The fields read only at start (listeners, connection limits, `[slo]`,
-    /// `[telemetry]`) keep their running values: the log line and the result name those that
-    /// changed, which need a restart.
+    /// and certificates and says why. The fields read only at start (listeners, connection
+    /// limits, whether a listener has TLS, `[slo]`, `[telemetry]`) keep their running values:
+    /// the log line and the result name those that changed, which need a restart.
     pub fn reload_from(
         &self,
         path: &std::path::Path,

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::server::TlsStream;
@@ -123,12 +123,14 @@ where
             });
         let conn = Conn {
             builders: builders.clone(),
-            tls: opts.tls.clone(),
             header_read_timeout,
             stop: stop.clone(),
             watcher: graceful.watcher(),
         };
-        tokio::spawn(conn.serve(stream, peer, svc, permit));
+        match &opts.tls {
+            None => tokio::spawn(conn.serve(stream, peer, svc, permit)),
+            Some(tls) => tokio::spawn(conn.serve_tls(tls.clone(), stream, peer, svc, permit)),
+        };
     }
     drop(listener);
     let _ = stopping.send(true);
@@ -174,7 +176,6 @@ impl Builders {
 /// What serving one accepted connection needs.
 struct Conn {
     builders: Arc<Builders>,
-    tls: Option<Arc<ServerTls>>,
     header_read_timeout: Option<Duration>,
     /// Turns true on shutdown: a connection not yet handed to hyper ends.
     stop: watch::Receiver<bool>,
@@ -182,8 +183,7 @@ struct Conn {
 }
 
 impl Conn {
-    /// Tells HTTP/1 from h2c by the first bytes (or completes the TLS handshake and asks
-    /// ALPN), then serves the connection to its end.
+    /// Tells HTTP/1 from h2c by the first bytes, then serves the connection to its end.
     async fn serve<S, B>(
         mut self,
         stream: TcpStream,
@@ -200,21 +200,6 @@ impl Conn {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(tls) = self.tls.take() {
-            let accepted = tokio::select! {
-                s = handshake(&tls, stream, peer, self.header_read_timeout) => s,
-                _ = self.stop.wait_for(|&s| s) => None,
-            };
-            let Some(stream) = accepted else { return };
-            let builder = self.builders.for_alpn(&stream);
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            if let Err(e) = self.watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            drop(permit);
-            return;
-        }
         let sniffed = async {
             match self.header_read_timeout {
                 Some(t) => tokio::time::timeout(t, sniff(&stream)).await.ok(),
@@ -232,6 +217,39 @@ impl Conn {
             Proto::H2c => &self.builders.h2,
             Proto::Unsure => &self.builders.auto,
         };
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+        drop(permit);
+    }
+
+    /// Completes the TLS handshake, takes HTTP/2 or HTTP/1.1 as ALPN says, and serves the
+    /// connection to its end. A future of its own: the plaintext connection's task is not
+    /// made the size of the TLS state.
+    async fn serve_tls<S, B>(
+        mut self,
+        tls: Arc<ServerTls>,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        svc: S,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let accepted = tokio::select! {
+            s = handshake(&tls, stream, peer, self.header_read_timeout) => s,
+            _ = self.stop.wait_for(|&s| s) => None,
+        };
+        let Some(stream) = accepted else { return };
+        let builder = self.builders.for_alpn(&stream);
         let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
         if let Err(e) = self.watcher.watch(conn.into_owned()).await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
@@ -275,8 +293,12 @@ async fn handshake(
                 return Err((HandshakeError::Eof, e));
             }
             Ok(_) if first[0] != TLS_HANDSHAKE => {
-                // An HTTP client that meant https: it gets an answer it can show.
+                // An HTTP client that meant https: it gets an answer it can show. What it
+                // sent is read first (one read, what has arrived), so that closing does not
+                // reset the connection before the answer is read.
                 if first[0].is_ascii_uppercase() {
+                    let mut head = vec![0u8; 4096];
+                    let _ = stream.read(&mut head).await;
                     let _ = stream.write_all(NOT_TLS_ANSWER).await;
                     let _ = stream.shutdown().await;
                 }

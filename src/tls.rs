@@ -184,3 +184,57 @@ impl ServerTls {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_error(e: rustls::Error) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn a_failed_handshake_gets_its_reason() {
+        let alert = |a| tls_error(rustls::Error::AlertReceived(a));
+        assert_eq!(
+            HandshakeError::of(&alert(AlertDescription::UnknownCA)),
+            HandshakeError::Certificate
+        );
+        assert_eq!(
+            HandshakeError::of(&alert(AlertDescription::BadCertificate)),
+            HandshakeError::Certificate
+        );
+        assert_eq!(
+            HandshakeError::of(&alert(AlertDescription::ProtocolVersion)),
+            HandshakeError::Protocol
+        );
+        assert_eq!(
+            HandshakeError::of(&tls_error(rustls::Error::NoApplicationProtocol)),
+            HandshakeError::Protocol
+        );
+        assert_eq!(
+            HandshakeError::of(&io::Error::from(io::ErrorKind::UnexpectedEof)),
+            HandshakeError::Eof
+        );
+        assert_eq!(
+            HandshakeError::of(&io::Error::from(io::ErrorKind::ConnectionReset)),
+            HandshakeError::Eof
+        );
+        assert_eq!(
+            HandshakeError::of(&io::Error::from(io::ErrorKind::PermissionDenied)),
+            HandshakeError::Other
+        );
+        let names: Vec<_> = REASONS.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "not_tls",
+                "timeout",
+                "eof",
+                "protocol",
+                "certificate",
+                "other"
+            ]
+        );
+    }
+}

@@ -290,10 +290,9 @@ impl Inner {
             }
         };
         let deadline = Instant::now() + self.connect_timeout;
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
         let stream = tokio::time::timeout_at(deadline, connecting)
             .await
-            .map_err(|_| timed_out())
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
             .and_then(|r| r)
             .map_err(UpstreamError::Connect)?;
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
@@ -303,7 +302,7 @@ impl Inner {
                 .try_clone_to_owned()
                 .map_err(UpstreamError::Connect)?,
         );
-        let conn = match &self.tls {
+        let (send, conn) = match &self.tls {
             None => {
                 let (send, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
@@ -311,21 +310,9 @@ impl Inner {
                     .map_err(UpstreamError::Http)?;
                 (send, Connection::Plain(conn))
             }
-            Some(tls) => {
-                // The handshake within what is left of the connect timeout.
-                let handshaking = tls.connector.connect(tls.name.clone(), stream);
-                let stream = tokio::time::timeout_at(deadline, handshaking)
-                    .await
-                    .map_err(|_| UpstreamError::Connect(timed_out()))?
-                    .map_err(UpstreamError::Tls)?;
-                let (send, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(UpstreamError::Http)?;
-                (send, Connection::Tls(Box::new(conn)))
-            }
+            // Boxed: a plaintext request's future is not made the size of the TLS state.
+            Some(tls) => Box::pin(tls.connect(stream, deadline)).await?,
         };
-        let (send, conn) = conn;
         let relay = Arc::new(Relay::new());
         Ok(Conn {
             send,
@@ -368,6 +355,30 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// The TLS handshake on a connected stream, within what is left of the connect timeout,
+    /// then the HTTP/1.1 handshake.
+    async fn connect(
+        &self,
+        stream: TcpStream,
+        deadline: Instant,
+    ) -> Result<(http1::SendRequest<UpstreamBody>, Connection), UpstreamError> {
+        let handshaking = self.connector.connect(self.name.clone(), stream);
+        let stream = tokio::time::timeout_at(deadline, handshaking)
+            .await
+            .map_err(|_| {
+                UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out (TLS handshake)",
+                ))
+            })?
+            .map_err(UpstreamError::Tls)?;
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok((send, Connection::Tls(Box::new(conn))))
+    }
+
     /// For an `https://` backend (None for `http://`); `at` is its table
     /// (`backends[0].tls`) for errors.
     pub fn for_backend(cfg: &BackendConfig, at: &str) -> Result<Option<UpstreamTls>, ConfigError> {

@@ -986,3 +986,44 @@ async fn tls_connections_count_against_the_limit_and_end_with_the_shutdown() {
     // Nothing listens any more.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_reload_takes_a_backends_new_client_certificate_from_the_same_files() {
+    let pki = Pki::new("backend-reload");
+    let stranger = Pki::new("backend-reload-stranger");
+    let sim = start_sim(SimConfig::fast()).await;
+    let backend = pki.issue("backend", &["127.0.0.1"], 1, "vllm");
+    let front = tls_front(sim, &backend, Some(&pki.ca())).await;
+    // A client certificate the backend does not trust, in the files the config names.
+    let cert = pki.path("client.pem");
+    let key = pki.path("client-key.pem");
+    let untrusted = stranger.issue("client", &["weir.client"], 2, "weir");
+    std::fs::copy(&untrusted.cert, &cert).unwrap();
+    std::fs::copy(&untrusted.key, &key).unwrap();
+    let path = pki.path("weir.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmodels = [\"tiny-llama\"]\n\
+             [[backends]]\nname = \"vllm\"\nurl = \"https://{}\"\n\
+             tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+            front.addr,
+            pki.ca().display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let gw = gateway::start(Config::load(&path).unwrap()).await.unwrap();
+    let (status, body) = chat_status(&gw).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+
+    // The trusted certificate in the same files: the reload gives the backend new connections.
+    let trusted = pki.issue("trusted", &["weir.client"], 3, "weir");
+    std::fs::copy(&trusted.cert, &cert).unwrap();
+    std::fs::copy(&trusted.key, &key).unwrap();
+    gw.reload_from(&path, |_| {}).unwrap();
+    let (status, body) = chat_status(&gw).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    gw.shutdown().await;
+}
