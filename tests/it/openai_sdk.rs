@@ -170,7 +170,9 @@ async fn the_sdk_retries_after_the_wait_weir_asks_for() {
     };
     let gw = gateway::start(config(sim, limits)).await.unwrap();
     let client = client();
-    let mut hold = post(gw.addr, "/v1/chat/completions", &chat(true, 400));
+    // Held for up to a minute (1,200 tokens 50 ms apart): on a loaded machine the SDK's
+    // Python takes seconds to start, and its first attempt must still find the slot taken.
+    let mut hold = post(gw.addr, "/v1/chat/completions", &chat(true, 1200));
     hold.headers_mut()
         .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
     hold.headers_mut()
@@ -180,7 +182,8 @@ async fn the_sdk_retries_after_the_wait_weir_asks_for() {
 
     let script = start_script(gw.addr, &["retry"]);
     let refused = [("tenant", "sdk"), ("limit", "concurrency")];
-    wait_for_metrics(gw.admin_addr, "the SDK's first attempt refused", |m| {
+    let start = Duration::from_secs(60);
+    wait_for_metrics_within(gw.admin_addr, "the SDK's first attempt refused", start, |m| {
         sum(m, "weir_rate_limited_total", &refused) == Some(1.0)
     })
     .await;

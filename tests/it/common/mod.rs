@@ -196,9 +196,19 @@ pub async fn scrape(addr: SocketAddr) -> String {
 pub async fn wait_for_metrics(
     addr: SocketAddr,
     what: &str,
+    cond: impl FnMut(&str) -> bool,
+) -> String {
+    wait_for_metrics_within(addr, what, Duration::from_secs(10), cond).await
+}
+
+/// As [`wait_for_metrics`], for at most `limit` (for what waits on another program's start).
+pub async fn wait_for_metrics_within(
+    addr: SocketAddr,
+    what: &str,
+    limit: Duration,
     mut cond: impl FnMut(&str) -> bool,
 ) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let text = scrape(addr).await;
         if cond(&text) {
