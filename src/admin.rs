@@ -93,7 +93,11 @@ fn backends(state: &AppState) -> String {
         .backends
         .iter()
         .filter_map(|cfg| {
-            let mut of = current.pool.backends.iter().filter(|b| *b.name == *cfg.name);
+            let mut of = current
+                .pool
+                .backends
+                .iter()
+                .filter(|b| *b.name == *cfg.name);
             if cfg.discovery == DiscoveryKind::Static {
                 let mut entry = backend(of.next()?);
                 entry["discovery"] = "static".into();
@@ -101,7 +105,10 @@ fn backends(state: &AppState) -> String {
             }
             let endpoints: Vec<&Arc<Backend>> = of.collect();
             let up = endpoints.iter().any(|b| b.is_up());
-            let models = endpoints.iter().find_map(|b| b.models()).map(|m| m.to_vec());
+            let models = endpoints
+                .iter()
+                .find_map(|b| b.models())
+                .map(|m| m.to_vec());
             let list: Vec<_> = endpoints
                 .iter()
                 .map(|b| {

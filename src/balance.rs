@@ -430,34 +430,58 @@ mod tests {
         dns.discovery = DiscoveryKind::Dns;
         c.backends.push(dns);
         let pool = Pool::new(&c, None, &m);
-        assert_eq!(pool.backends.len(), 1, "no endpoint before the first lookup");
+        assert_eq!(
+            pool.backends.len(),
+            1,
+            "no endpoint before the first lookup"
+        );
         assert_eq!(
             pool.pick(Some("some-model"), Some(&pool.backends[0])).err(),
             Some(NoPick::Unavailable),
             "a model may be the unresolved backend's"
         );
-        let (a, b): (SocketAddr, SocketAddr) =
-            ("10.0.0.1:8000".parse().unwrap(), "10.0.0.2:8000".parse().unwrap());
-        let (pool, added) = pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m).unwrap();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:8000".parse().unwrap(),
+            "10.0.0.2:8000".parse().unwrap(),
+        );
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m)
+            .unwrap();
         assert_eq!(added.len(), 1);
-        assert!(pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m).is_none(), "unchanged");
+        assert!(
+            pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a], &m)
+                .is_none(),
+            "unchanged"
+        );
         let first = pool.backends[1].clone();
         assert_eq!((first.endpoint, &*first.name), (Some(a), "vllm"));
         assert!(!first.is_up(), "not up before a check passes");
         first.checked_up.store(true, Ordering::Relaxed);
         let _load = first.load();
-        let (pool, added) = pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a, b], &m).unwrap();
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[a, b], &m)
+            .unwrap();
         assert_eq!(added.len(), 1);
         assert!(Arc::ptr_eq(&pool.backends[1], &first), "kept with its load");
         assert_eq!(pool.backends[1].outstanding(), 1);
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains("weir_backend_endpoint_up{backend=\"vllm\",endpoint=\"10.0.0.2:8000\"} 0"), "{text}");
-        let (pool, added) = pool.with_endpoints(&c, "vllm", "http://vllm.test:8000", &[b], &m).unwrap();
+        assert!(
+            text.contains(
+                "weir_backend_endpoint_up{backend=\"vllm\",endpoint=\"10.0.0.2:8000\"} 0"
+            ),
+            "{text}"
+        );
+        let (pool, added) = pool
+            .with_endpoints(&c, "vllm", "http://vllm.test:8000", &[b], &m)
+            .unwrap();
         assert!(added.is_empty());
         assert_eq!(pool.backends.len(), 2);
         assert_eq!(pool.backends[1].endpoint, Some(b));
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(!text.contains("10.0.0.1:8000"), "the removed endpoint's gauge goes: {text}");
+        assert!(
+            !text.contains("10.0.0.1:8000"),
+            "the removed endpoint's gauge goes: {text}"
+        );
         // A reload with the backend unchanged keeps its endpoints.
         let again = Pool::new(&c, Some(&pool), &m);
         assert!(Arc::ptr_eq(&again.backends[1], &pool.backends[1]));

@@ -51,7 +51,11 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             .filter(|b| b.discovery == DiscoveryKind::Dns)
             .collect();
         due.retain(|name, (url, _)| dns.iter().any(|b| b.name == *name && b.url == *url));
-        if !dns.is_empty() && resolver.as_ref().is_none_or(|(d, _)| *d != config.discovery) {
+        if !dns.is_empty()
+            && resolver
+                .as_ref()
+                .is_none_or(|(d, _)| *d != config.discovery)
+        {
             match build(&config.discovery) {
                 Ok(r) => resolver = Some((config.discovery.clone(), r)),
                 Err(e) => tracing::error!(error = %e, "cannot set up the DNS resolver"),
@@ -147,7 +151,12 @@ async fn resolve(r: &TokioResolver, url: &str, max: usize) -> Found {
                 return Found::Empty;
             }
             if ips.len() > max {
-                tracing::warn!(url, addresses = ips.len(), max_endpoints = max, "DNS answer has more addresses than [discovery] max_endpoints: the first (in address order) are used");
+                tracing::warn!(
+                    url,
+                    addresses = ips.len(),
+                    max_endpoints = max,
+                    "DNS answer has more addresses than [discovery] max_endpoints: the first (in address order) are used"
+                );
                 ips.truncate(max);
             }
             let addresses = ips.into_iter().map(|ip| SocketAddr::new(ip, port));
@@ -193,7 +202,9 @@ fn build(d: &Discovery) -> Result<TokioResolver, String> {
     o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     o.positive_max_ttl = Some(d.interval);
     o.negative_max_ttl = Some(d.interval);
-    o.timeout = d.interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
+    o.timeout = d
+        .interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(5));
     builder.build().map_err(|e| e.to_string())
 }
 

@@ -388,7 +388,9 @@ impl Metrics {
             });
         }
         let any = known.values().any(|up| *up);
-        f.backend_up.with_label_values(&[backend]).set(i64::from(any));
+        f.backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(any));
     }
 
     /// One endpoint of a DNS backend is up or not; an endpoint that is not (or no longer)
@@ -410,7 +412,9 @@ impl Metrics {
             .with_label_values(&[backend, endpoint])
             .set(i64::from(up));
         let any = known.values().any(|up| *up);
-        f.backend_up.with_label_values(&[backend]).set(i64::from(any));
+        f.backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(any));
     }
 
     /// A DNS resolution of `backend`'s name failed (`kind`: one of `DISCOVERY_ERRORS`).

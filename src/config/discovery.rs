@@ -77,9 +77,11 @@ impl Discovery {
 
 /// `10.0.0.1:53`, `[::1]:5353` or a bare IP address (port 53).
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
-    text.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 #[cfg(test)]

@@ -157,5 +157,8 @@ fn dns_discovery_needs_a_host_name() {
     let e = ip.validate().unwrap_err();
     assert_eq!(e.field(), Some("backends[0].discovery"));
     assert!(Config::parse(&text.replace("\"dns\"", "\"srv\"")).is_err());
-    assert!(Config::parse(&format!("{text}ttl = \"1s\"\n")).is_err(), "unknown keys are errors");
+    assert!(
+        Config::parse(&format!("{text}ttl = \"1s\"\n")).is_err(),
+        "unknown keys are errors"
+    );
 }

@@ -38,7 +38,8 @@ struct Dns {
 impl Dns {
     async fn start() -> Dns {
         let origin = Name::from_ascii(ZONE).unwrap();
-        let mut zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let mut zone =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
         let soa = SOA::new(
             Name::from_ascii("ns.weir.test.").unwrap(),
             Name::from_ascii("admin.weir.test.").unwrap(),
@@ -67,7 +68,10 @@ impl Dns {
         let name = Name::from_ascii(format!("{HOST}.")).unwrap();
         let mut records = self.zone.records_mut().await;
         for (kind, pick) in [
-            (RecordType::A, (|ip: &IpAddr| ip.is_ipv4()) as fn(&IpAddr) -> bool),
+            (
+                RecordType::A,
+                (|ip: &IpAddr| ip.is_ipv4()) as fn(&IpAddr) -> bool,
+            ),
             (RecordType::AAAA, |ip: &IpAddr| ip.is_ipv6()),
         ] {
             let key = RrKey::new(LowerName::new(&name), kind);
@@ -173,12 +177,7 @@ fn series(text: &str) -> usize {
 }
 
 async fn completed(sim: &StoppableSim) -> f64 {
-    sum(
-        &scrape(sim.addr).await,
-        "vllm:request_success_total",
-        &[],
-    )
-    .unwrap_or(0.0)
+    sum(&scrape(sim.addr).await, "vllm:request_success_total", &[]).unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -203,7 +202,11 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     assert_eq!(b["name"], name.as_str());
     assert_eq!(b["discovery"], "dns");
     let client = client();
-    let (status, _, _) = send(&client, post(gw.addr, "/v1/chat/completions", &chat(false, 2))).await;
+    let (status, _, _) = send(
+        &client,
+        post(gw.addr, "/v1/chat/completions", &chat(false, 2)),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 
     // A second record: the endpoint appears, is checked, then takes traffic too.
@@ -216,7 +219,8 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     let mut sent = 0;
     while completed(&v6).await == 0.0 || completed(&v4).await < 2.0 {
         assert!(sent < 200, "both endpoints should get requests");
-        let req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+        // Streamed, so that the series of streamed generations (SLO) exist from here on.
+        let req = post(gw.addr, "/v1/chat/completions", &chat(true, 2));
         assert_eq!(send(&client, req).await.0, StatusCode::OK);
         sent += 1;
     }
@@ -238,13 +242,21 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     let tokens = 250;
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut res = open(&client, post(gw.addr, "/v1/chat/completions", &chat(true, tokens))).await;
+        let mut res = open(
+            &client,
+            post(gw.addr, "/v1/chat/completions", &chat(true, tokens)),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::OK);
         let first = read_until(res.body_mut(), |seen| !sse_data(seen).is_empty()).await;
         streams.push((res, first));
     }
     let running = |text: &str| value(text, "vllm:num_requests_running", &[]);
-    assert_eq!(running(&scrape(v4.addr).await), 1.0, "a stream runs on 127.0.0.1");
+    assert_eq!(
+        running(&scrape(v4.addr).await),
+        1.0,
+        "a stream runs on 127.0.0.1"
+    );
     let before = series(&scrape(gw.admin_addr).await);
 
     // The first record goes: its endpoint leaves the pool while its stream runs on.
@@ -271,7 +283,10 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
         let deltas = events
             .iter()
             .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter(|v| v["choices"][0]["delta"]["content"].is_string())
+            .filter(|v| {
+                let content = v["choices"][0]["delta"]["content"].as_str();
+                content.is_some_and(|c| !c.is_empty())
+            })
             .count();
         assert_eq!(deltas, tokens as usize, "every token arrived");
         let usage = events
@@ -298,19 +313,33 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     // No address at all: the endpoint known is kept (and counted).
     dns.set(&[]).await;
     let m = wait_for_metrics(gw.admin_addr, "an empty answer counted", |m| {
-        value(m, "weir_discovery_errors_total", &[("backend", &name), ("kind", "empty")]) > 0.0
+        value(
+            m,
+            "weir_discovery_errors_total",
+            &[("backend", &name), ("kind", "empty")],
+        ) > 0.0
     })
     .await;
     assert_eq!(value(&m, "weir_backend_up", &[("backend", &name)]), 1.0);
-    assert_eq!(endpoints(&backends(&gw).await["backends"][0]), [(a6.clone(), true)]);
+    assert_eq!(
+        endpoints(&backends(&gw).await["backends"][0]),
+        [(a6.clone(), true)]
+    );
 
     // A server that stops answering: the endpoints are kept, requests still served.
     dns.stop().await;
     wait_for_metrics(gw.admin_addr, "a failed lookup counted", |m| {
-        value(m, "weir_discovery_errors_total", &[("backend", &name), ("kind", "error")]) > 0.0
+        value(
+            m,
+            "weir_discovery_errors_total",
+            &[("backend", &name), ("kind", "error")],
+        ) > 0.0
     })
     .await;
-    assert_eq!(endpoints(&backends(&gw).await["backends"][0]), [(a6.clone(), true)]);
+    assert_eq!(
+        endpoints(&backends(&gw).await["backends"][0]),
+        [(a6.clone(), true)]
+    );
     let req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
     assert_eq!(send(&client, req).await.0, StatusCode::OK);
 
