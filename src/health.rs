@@ -27,7 +27,7 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         let current = state.current();
         let checks = current.pool.backends.iter().map(|b| {
             let (b, current, metrics) = (b.clone(), current.clone(), state.metrics.clone());
-            let span = tracing::info_span!("health_check", otel.kind = "client", backend = %b.name);
+            let span = tracing::info_span!("health_check", otel.kind = "client", backend = %b.name, endpoint = b.endpoint.map(tracing::field::display));
             tokio::spawn(
                 async move {
                     let config = &current.config;
@@ -115,7 +115,7 @@ fn active(b: &Backend, cfg: &Health, result: Result<(), &'static str>, metrics: 
                 h.ejections = 0;
                 h.request_failures = 0;
                 b.ejected_until_ms.store(0, Ordering::Relaxed);
-                tracing::info!(backend = %b.name, "backend is up");
+                tracing::info!(backend = %b.name, endpoint = b.endpoint.map(tracing::field::display), "backend is up");
             }
         }
         Err(kind) => {
@@ -124,7 +124,7 @@ fn active(b: &Backend, cfg: &Health, result: Result<(), &'static str>, metrics: 
             h.last_error = Some(kind);
             if was_up && h.check_failures >= cfg.unhealthy_threshold {
                 b.checked_up.store(false, Ordering::Relaxed);
-                tracing::warn!(backend = %b.name, error = kind, "backend is down: health checks fail");
+                tracing::warn!(backend = %b.name, endpoint = b.endpoint.map(tracing::field::display), error = kind, "backend is down: health checks fail");
             }
         }
     }
@@ -158,7 +158,7 @@ pub fn passive(b: &Backend, cfg: &Health, failure: Option<&'static str>, metrics
     b.ejected_until_ms.store(until, Ordering::Relaxed);
     drop(h);
     b.publish_up(metrics);
-    tracing::warn!(backend = %b.name, error = kind, ?back_off, "backend ejected after consecutive failures");
+    tracing::warn!(backend = %b.name, endpoint = b.endpoint.map(tracing::field::display), error = kind, ?back_off, "backend ejected after consecutive failures");
 }
 
 /// Reads `vllm:num_requests_waiting`, `vllm:num_requests_running` and

@@ -219,7 +219,8 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     let mut sent = 0;
     while completed(&v6).await == 0.0 || completed(&v4).await < 2.0 {
         assert!(sent < 200, "both endpoints should get requests");
-        let req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+        // Streamed, so that the series of streamed generations (SLO) exist from here on.
+        let req = post(gw.addr, "/v1/chat/completions", &chat(true, 2));
         assert_eq!(send(&client, req).await.0, StatusCode::OK);
         sent += 1;
     }
@@ -241,11 +242,10 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
     let tokens = 250;
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut res = open(
-            &client,
-            post(gw.addr, "/v1/chat/completions", &chat(true, tokens)),
-        )
-        .await;
+        // The client asks for the usage chunk (weir would otherwise take off the one it asked for).
+        let mut body = chat(true, tokens);
+        body["stream_options"] = serde_json::json!({ "include_usage": true });
+        let mut res = open(&client, post(gw.addr, "/v1/chat/completions", &body)).await;
         assert_eq!(res.status(), StatusCode::OK);
         let first = read_until(res.body_mut(), |seen| !sse_data(seen).is_empty()).await;
         streams.push((res, first));
@@ -282,7 +282,10 @@ async fn endpoints_follow_the_records_and_removed_ones_drain() {
         let deltas = events
             .iter()
             .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter(|v| v["choices"][0]["delta"]["content"].is_string())
+            .filter(|v| {
+                let content = v["choices"][0]["delta"]["content"].as_str();
+                content.is_some_and(|c| !c.is_empty())
+            })
             .count();
         assert_eq!(deltas, tokens as usize, "every token arrived");
         let usage = events
