@@ -6,8 +6,12 @@ Each build serves the same `weir bench` load twice under callgrind — requests 
 output tokens — after a short warm-up that is not counted. The difference between the two
 loads, over the tokens it adds, is the cost of a token; the short load, less its tokens, is
 the cost of a request. The first build is the baseline; the others are given as ratios to it.
+With `--mode requests` the load is non-streamed chat requests of one output token, and the
+figure is the instructions per request (the path the requests mode of bench/overhead.py
+measures in CPU time).
 
     python3 bench/instructions.py                              # target/release/weir alone
+    python3 bench/instructions.py --mode requests --build base=/tmp/old/weir --build new=target/release/weir
     python3 bench/instructions.py --build base=/tmp/old/weir --build new=target/release/weir
     # one binary, with and without OTLP metrics (pushed every second to a local sink)
     python3 bench/instructions.py --build off=target/release/weir --build otlp=target/release/weir \
@@ -75,7 +79,7 @@ def start_sink():
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def count(build, sim_port, max_tokens, args, tmp, env):
+def count(build, sim_port, max_tokens, args, tmp, env, stream=True):
     """Instructions weir executed while serving args.requests requests of max_tokens tokens."""
     port, admin = free_port(), free_port()
     out = os.path.join(tmp, f"cg.{max_tokens}.out")
@@ -86,8 +90,8 @@ def count(build, sim_port, max_tokens, args, tmp, env):
                           env=dict(os.environ, RUST_LOG="info", **env))
     try:
         wait_ready(admin)
-        load = [WEIR, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
-                "--prompt-tokens", "64"]
+        load = [args.weir, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
+                "--prompt-tokens", "64"] + ([] if stream else ["--no-stream"])
         subprocess.run(load + ["--concurrency", "1", "--requests", "20"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run(["callgrind_control", "--zero", str(gw.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,6 +122,11 @@ def main():
                     help="NAME:KEY=VALUE: an environment variable for build NAME; repeat")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--mode", choices=["streams", "requests"], default="streams",
+                    help="streams: streamed chat, per request and per token; requests: non-streamed "
+                         "chat requests of one output token, per request")
+    ap.add_argument("--weir", default=WEIR,
+                    help="the weir binary that runs the simulator and the load (default: %(default)s)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is needed: apt-get install valgrind")
@@ -131,13 +140,17 @@ def main():
     tmp = tempfile.mkdtemp(prefix="weir-instr-")
     sim_port = free_port()
     # The simulator: 5 ms to the first token, 2 ms between tokens.
-    sim = subprocess.Popen([WEIR, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", "5ms", "--itl", "2ms",
+    sim = subprocess.Popen([args.weir, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", "5ms", "--itl", "2ms",
                             "--max-num-seqs", "100000"], stdout=subprocess.DEVNULL)
     rows = []
     try:
         wait_port(sim_port)
         for name, path in builds:
             env = envs.get(name, {})
+            if args.mode == "requests":
+                total = count(path, sim_port, 1, args, tmp, env, stream=False)
+                rows.append((name, total / args.requests, None))
+                continue
             short = count(path, sim_port, 2, args, tmp, env)
             long = count(path, sim_port, 32, args, tmp, env)
             per_token = (long - short) / (args.requests * 30)
@@ -148,6 +161,13 @@ def main():
         sink.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]
+    if args.mode == "requests":
+        print(f"{args.requests} non-streamed one-token chat requests, {args.concurrency} at a time; "
+              "instructions (callgrind Ir)")
+        print(f"{'build':<12} {'per request':>12} {'ratio':>7}")
+        for name, req, _ in rows:
+            print(f"{name:<12} {req:>12,.0f} {req / base[1]:>7.3f}")
+        return
     print(f"{args.requests} streamed chat requests, {args.concurrency} at a time; instructions (callgrind Ir)")
     print(f"{'build':<12} {'per request':>12} {'ratio':>7} {'per token':>10} {'ratio':>7}")
     for name, req, tok in rows:

@@ -59,7 +59,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
 
     fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Head<'a>, M::Error> {
         let mut head = Head::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let field = match &*key {
                 "model"
                 | "stream"
@@ -86,6 +86,11 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
         Ok(head)
     }
 }
+
+/// A member's name, borrowed from the body unless it has escapes: serde's own `Cow<str>`
+/// always copies (an allocation for every member of every request).
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// `true` or `false` (`null`, or anything else: not given).
 fn lax_bool(raw: &str) -> Option<bool> {
