@@ -1,15 +1,14 @@
 //! The one place the proxy listener's tower stack is assembled. Layers, outermost first:
 //!
-//! 1. `SetRequestIdLayer` / `PropagateRequestIdLayer` — keeps the client's `x-request-id` or
-//!    makes one, and returns it on the response;
-//! 2. `RecordLayer` (`edge.rs`) — every request's record starts here, with the config it
+//! 1. `RecordLayer` (`edge.rs`) — keeps the client's `x-request-id` or makes one, and
+//!    returns it on the response; every request's record starts here, with the config it
 //!    works with to the end, and is recorded exactly once however the request ends;
-//! 3. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
+//! 2. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
 //!    as `internal_error`, not a dropped connection;
-//! 4. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
+//! 3. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
 //!    limits;
-//! 5. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
-//! 6. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
+//! 4. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
+//! 5. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -22,11 +21,9 @@ use hyper::body::Incoming;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::edge::{EdgeBody, RecordLayer};
 use crate::error::GatewayError;
-use crate::forward::RandomRequestId;
 use crate::gate::{Admission, ApiKeys, GateLayer};
 use crate::observe::ObservedBody;
 use crate::proxy::Proxy;
@@ -57,8 +54,6 @@ where
     B::Error: Into<tower_http::BoxError>,
 {
     let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(RecordLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(GateLayer::new(Admission {

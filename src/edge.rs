@@ -1,6 +1,8 @@
 //! The edge: the recording layer around the whole proxy stack. Every request the proxy
 //! listener parses gets its record here, at its head (`t0`, request id, trace context, the
-//! config it will work with), and is recorded exactly once however it ends:
+//! config it will work with), and is recorded exactly once however it ends. The request id
+//! is the client's `x-request-id` or a new one (set on the request before anything else
+//! reads it), and goes back on the response unless the response has one:
 //!
 //! - answered by a backend: the response body is observed, and the record finished when
 //!   the body ends, breaks, times out or is dropped;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
@@ -26,10 +29,13 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::Answer;
+use crate::forward::RandomRequestId;
 use crate::labels::Api;
 use crate::observe::{ObservedBody, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds [`Record`] around a service.
 #[derive(Clone)]
@@ -82,6 +88,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let t0 = Instant::now();
+        // What tower-http's SetRequestId and PropagateRequestId layers did, without their
+        // extensions and futures around every request.
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = RandomRequestId::header_value();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
         let shared = self.state.current();
         let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, t0));
         let head = req.method() == Method::HEAD;
@@ -91,6 +107,7 @@ where
             inner: Some(self.inner.call(req)),
             ledger: Some(ledger),
             head,
+            request_id: Some(request_id),
         }
     }
 }
@@ -102,6 +119,8 @@ pin_project! {
         inner: Option<F>,
         ledger: Option<Ledger>,
         head: bool,
+        // Goes back on the response.
+        request_id: Option<HeaderValue>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -130,6 +149,11 @@ where
         let Ok(res) = ready!(inner.poll(cx));
         let mut res = res.map(Either::Left);
         this.inner.set(None);
+        if let Some(id) = this.request_id.take() {
+            if !res.headers().contains_key(X_REQUEST_ID) {
+                res.headers_mut().insert(X_REQUEST_ID, id);
+            }
+        }
         let ex = this.ledger.take().and_then(|l| l.take());
         let Some(mut ex) = ex else {
             // Taken and never given back: a bug in a layer. The response still goes out.

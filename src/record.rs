@@ -393,7 +393,16 @@ impl Exchange {
     fn log(&self, m: &Measurement, outcome: Outcome, f: &Figures, labels: (&str, Option<f64>)) {
         let (model_label, cost_usd) = labels;
         let w = &self.watch;
-        let finish_reasons = m.reasons_in_order().join(",");
+        // One reason (or none) is written as it is; only several are put in order and joined.
+        let joined;
+        let finish_reasons = match m.finish_reasons.as_slice() {
+            [] => "",
+            [(_, reason)] => reason.as_str(),
+            _ => {
+                joined = m.reasons_in_order().join(",");
+                &joined
+            }
+        };
         let (mut trace_hex, mut span_hex) = ([0u8; 32], [0u8; 16]);
         AccessLine {
             trace_id: hex_str(&self.trace.trace_id().to_bytes(), &mut trace_hex),
@@ -433,7 +442,7 @@ impl Exchange {
             reasoning_tokens: f.reasoning,
             tokens_estimated: f.estimated,
             cost_usd,
-            finish_reasons: &finish_reasons,
+            finish_reasons,
             degraded: m.degraded,
             unmeasured: m.unmeasured,
         }

@@ -36,11 +36,7 @@ pub(super) async fn call_upstream(
     ex: &mut Exchange,
 ) -> Result<Response<UpstreamIncoming>, GatewayError> {
     let pool = &shared.pool;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let may_retry = shared.config.retries.enabled
         && matches!(body, UpBody::Bytes(_))
         && pool.backends.len() > 1;
@@ -60,7 +56,7 @@ pub(super) async fn call_upstream(
             None => return Err(GatewayError::NoBackend),
         };
         let uri = backend
-            .uri(&path)
+            .uri(path)
             .map_err(|e| GatewayError::BadRequest(format!("bad request path: {e}")))?;
         let mut req = Request::new(up_body);
         *req.method_mut() = parts.method.clone();
@@ -137,18 +133,19 @@ async fn attempt(
     };
     let result = tokio::time::timeout_at(deadline, backend.upstream.request(req)).await;
     let (health, metrics) = (&config.health, &state.metrics);
-    let name = backend.name.to_string();
+    // The backend's name as an error carries it: made only when there is one.
+    let name = || backend.name.to_string();
     let err = match result {
         Err(_) => {
             return Err(Failure::Failed(GatewayError::Timeout {
-                backend: name,
+                backend: name(),
                 kind,
             }));
         }
         Ok(Ok(res)) if res.status() == StatusCode::SERVICE_UNAVAILABLE && !last_try => {
             metrics.error(ErrorKind::Upstream5xx);
             health::passive(backend, health, Some("upstream_5xx"), metrics);
-            tracing::debug!(backend = %name, "503 before the first byte: retrying elsewhere");
+            tracing::debug!(backend = %backend.name, "503 before the first byte: retrying elsewhere");
             return Err(Failure::Retry("unavailable"));
         }
         Ok(Ok(res)) => {
@@ -163,21 +160,21 @@ async fn attempt(
         // Connected, but the exchange broke before a response head.
         health::passive(backend, health, Some("protocol"), metrics);
         return Err(Failure::Failed(GatewayError::Upstream {
-            backend: name,
+            backend: name(),
             reason,
         }));
     }
     health::passive(backend, health, Some("connect"), metrics);
     if !last_try {
         metrics.error(ErrorKind::Connect);
-        tracing::debug!(backend = %name, error = %reason, "connect failed: retrying elsewhere");
+        tracing::debug!(backend = %backend.name, error = %reason, "connect failed: retrying elsewhere");
         return Err(Failure::Retry("connect"));
     }
     Err(Failure::Failed(if err.is_timeout() {
-        GatewayError::ConnectTimeout { backend: name }
+        GatewayError::ConnectTimeout { backend: name() }
     } else {
         GatewayError::Connect {
-            backend: name,
+            backend: name(),
             reason,
         }
     }))

@@ -126,25 +126,25 @@ impl AccessLine<'_> {
         let _ = write!(out, "{timestamp}");
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request finished\"");
         let mut w = Fields(out);
-        w.value(key!("trace_id"), self.trace_id);
-        w.value(key!("span_id"), self.span_id);
-        w.value(key!("request_id"), self.request_id);
-        w.value(key!("method"), self.method);
-        w.value(key!("path"), self.path);
-        w.some(key!("tenant"), self.tenant);
-        w.value(key!("model"), self.model);
-        w.value(key!("model_label"), self.model_label);
-        w.some(key!("response_model"), self.response_model);
-        w.value(key!("operation"), self.operation);
-        w.value(key!("api"), self.api);
+        w.text(key!("trace_id"), self.trace_id);
+        w.text(key!("span_id"), self.span_id);
+        w.text(key!("request_id"), self.request_id);
+        w.text(key!("method"), self.method);
+        w.text(key!("path"), self.path);
+        w.some_text(key!("tenant"), self.tenant);
+        w.text(key!("model"), self.model);
+        w.text(key!("model_label"), self.model_label);
+        w.some_text(key!("response_model"), self.response_model);
+        w.text(key!("operation"), self.operation);
+        w.text(key!("api"), self.api);
         w.value(key!("stream"), self.stream);
         w.some(key!("max_tokens"), self.max_tokens);
-        w.value(key!("backend"), self.backend);
+        w.text(key!("backend"), self.backend);
         w.value(key!("status"), self.status);
-        w.value(key!("outcome"), self.outcome);
-        w.some(key!("timeout"), self.timeout);
-        w.some(key!("reason"), self.reason);
-        w.some(key!("error"), self.error);
+        w.text(key!("outcome"), self.outcome);
+        w.some_text(key!("timeout"), self.timeout);
+        w.some_text(key!("reason"), self.reason);
+        w.some_text(key!("error"), self.error);
         w.some(key!("ttft_ms"), self.ttft_ms);
         w.some(key!("ttfat_ms"), self.ttfat_ms);
         w.some(key!("tpot_ms"), self.tpot_ms);
@@ -157,7 +157,7 @@ impl AccessLine<'_> {
         w.some(key!("reasoning_tokens"), self.reasoning_tokens);
         w.value(key!("tokens_estimated"), self.tokens_estimated);
         w.some(key!("cost_usd"), self.cost_usd);
-        w.value(key!("finish_reasons"), self.finish_reasons);
+        w.text(key!("finish_reasons"), self.finish_reasons);
         w.value(key!("degraded"), self.degraded);
         w.some(key!("unmeasured"), self.unmeasured.then_some(true));
         out.extend_from_slice(b",\"target\":\"weir::access\"}");
@@ -181,6 +181,50 @@ impl Fields<'_> {
             self.value(key, v);
         }
     }
+
+    /// A string: copied between quotes when it has nothing to escape (ids, names, paths:
+    /// nearly always), else escaped by serde_json.
+    fn text(&mut self, key: &[u8], value: &str) {
+        if needs_escape(value.as_bytes()) {
+            return self.value(key, value);
+        }
+        self.0.extend_from_slice(key);
+        self.0.push(b'"');
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.push(b'"');
+    }
+
+    fn some_text(&mut self, key: &[u8], value: Option<&str>) {
+        if let Some(v) = value {
+            self.text(key, v);
+        }
+    }
+}
+
+/// Whether JSON needs any of these bytes escaped: a control character, `"` or `\\`. Eight
+/// bytes at a time: a word has a byte below 0x20 when `(w - 0x20..) & !w & 0x80..` is not
+/// zero, and a byte equal to `c` when `w ^ c..` has a byte below 1 (both exact tests of
+/// whether there is one, the second for any word).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH != 0;
+    let mut words = s.chunks_exact(8);
+    for word in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(word);
+        let w = u64::from_le_bytes(b);
+        if below(w, 0x20)
+            || below(w ^ (ONES * u64::from(b'"')), 1)
+            || below(w ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Room for a typical access line (about 700 bytes) without growing.
@@ -574,6 +618,30 @@ mod tests {
         );
         assert_eq!(a.len(), o.len(), "{a} / {o}");
         assert!(a.ends_with('Z') && a.as_bytes()[10] == b'T', "{a}");
+    }
+
+    #[test]
+    fn bytes_to_escape_are_found_anywhere_in_a_string() {
+        let plain = "abcdefghijklmnopqrstuvwxyz0123456789-é😀\u{7f}";
+        assert!(!needs_escape(plain.as_bytes()));
+        for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+            for at in 0..=plain.len() {
+                if !plain.is_char_boundary(at) {
+                    continue;
+                }
+                let s = format!("{}{bad}{}", &plain[..at], &plain[at..]);
+                assert!(needs_escape(s.as_bytes()), "{s:?}");
+            }
+        }
+        for b in 0..=255u8 {
+            let s = [b'a', b'b', b'c', b'd', b'e', b'f', b'g', b, b'x'];
+            assert_eq!(
+                needs_escape(&s),
+                b < 0x20 || b == b'"' || b == b'\\',
+                "{b:#x}"
+            );
+            assert_eq!(needs_escape(&[b]), b < 0x20 || b == b'"' || b == b'\\');
+        }
     }
 
     #[test]
