@@ -72,22 +72,29 @@ pub fn upstream_headers(
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
+    // Each name is hashed once: an entry, not a look-up and then an insert.
     if let Some(addr) = client {
         let ip = IpText::of(addr.ip());
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.as_str())),
-            None => HeaderValue::from_str(ip.as_str()),
-        };
-        if let Ok(v) = value {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        match headers.entry(HeaderName::from_static("x-forwarded-for")) {
+            header::Entry::Occupied(mut e) => {
+                let value = match e.get().to_str() {
+                    Ok(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.as_str())),
+                    Err(_) => HeaderValue::from_str(ip.as_str()),
+                };
+                if let Ok(v) = value {
+                    e.insert(v);
+                }
+            }
+            header::Entry::Vacant(e) => {
+                if let Ok(v) = HeaderValue::from_str(ip.as_str()) {
+                    e.insert(v);
+                }
+            }
         }
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
-    }
+    headers
+        .entry(HeaderName::from_static("x-forwarded-proto"))
+        .or_insert(HeaderValue::from_static("http"));
     if let Some(len) = body_len {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -187,6 +194,26 @@ mod tests {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(IpText::of(ip).as_str(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn forwarded_for_is_one_value_and_forwarded_proto_is_kept() {
+        let client = Some("127.0.0.2:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        upstream_headers(&mut h, client, None);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.1.1.1, 127.0.0.2"]);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        // Not text: replaced by the client's address.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        upstream_headers(&mut h, client, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]
