@@ -5,12 +5,12 @@
 //! 2. `RecordLayer` (`edge.rs`) — keeps the client's `x-request-id` or makes one, and
 //!    returns it on the response; every request's record starts here, with the config it
 //!    works with to the end, and is recorded exactly once however the request ends;
-//! 2. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
+//! 3. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
 //!    as `internal_error`, not a dropped connection;
-//! 3. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
+//! 4. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
 //!    limits;
-//! 4. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
-//! 5. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
+//! 5. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
+//! 6. `Proxy` (`proxy.rs`) — inspect, route, balance, forward.
 
 use std::any::Any;
 use std::convert::Infallible;
