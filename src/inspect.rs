@@ -65,6 +65,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
                 | "stream"
                 | "max_tokens"
                 | "max_completion_tokens"
+                | "max_output_tokens"
                 | "n"
                 | "stream_options" => map.next_value::<&'de RawValue>()?,
                 _ => {
@@ -290,6 +291,28 @@ mod tests {
         let not_streamed = Bytes::from_static(br#"{"model":"m","prompt":"x"}"#);
         let i = inspect(not_streamed.clone(), true).unwrap();
         assert_eq!(i.body, not_streamed);
+    }
+
+    #[test]
+    fn every_api_names_its_output_limit() {
+        // Chat (max_completion_tokens before max_tokens), completions, and the Responses
+        // API's max_output_tokens: the tokens-per-minute estimate takes each.
+        for (body, want) in [
+            (
+                &br#"{"model":"m","max_tokens":7,"max_completion_tokens":9}"#[..],
+                9,
+            ),
+            (br#"{"model":"m","max_tokens":7,"prompt":"x"}"#, 7),
+            (br#"{"model":"m","input":"x","max_output_tokens":11}"#, 11),
+        ] {
+            let i = inspect(Bytes::from_static(body), false).unwrap();
+            assert_eq!(
+                i.max_tokens,
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
