@@ -170,22 +170,25 @@ async fn the_sdk_retries_after_the_wait_weir_asks_for() {
     };
     let gw = gateway::start(config(sim, limits)).await.unwrap();
     let client = client();
-    // Held for up to a minute (1,200 tokens 50 ms apart): on a loaded machine the SDK's
+    // Held for up to a minute (400 tokens 150 ms apart): on a loaded machine the SDK's
     // Python takes seconds to start, and its first attempt must still find the slot taken.
-    let mut hold = post(gw.addr, "/v1/chat/completions", &chat(true, 1200));
+    let mut hold = post(gw.addr, "/v1/chat/completions", &chat(true, 400));
     hold.headers_mut()
         .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
     hold.headers_mut()
-        .insert("x-sim-itl-ms", "50".parse().unwrap());
+        .insert("x-sim-itl-ms", "150".parse().unwrap());
     let holder = open(&client, hold).await;
     assert_eq!(holder.status(), StatusCode::OK, "{:?}", holder.headers());
 
     let script = start_script(gw.addr, &["retry"]);
     let refused = [("tenant", "sdk"), ("limit", "concurrency")];
     let start = Duration::from_secs(60);
-    wait_for_metrics_within(gw.admin_addr, "the SDK's first attempt refused", start, |m| {
-        sum(m, "weir_rate_limited_total", &refused) == Some(1.0)
-    })
+    wait_for_metrics_within(
+        gw.admin_addr,
+        "the SDK's first attempt refused",
+        start,
+        |m| sum(m, "weir_rate_limited_total", &refused) == Some(1.0),
+    )
     .await;
     drop(holder);
     // Given back (the stream's record finished) well before the SDK's 1 s wait is over.

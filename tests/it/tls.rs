@@ -343,7 +343,7 @@ print(json.dumps(out))
 /// Whether python3 can import `openai` (installed by .ci/run); a failure in CI, else a skip.
 fn openai_sdk() -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import openai, httpx"])
+        .args(["-c", "import openai"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -367,10 +367,11 @@ async fn the_openai_sdk_streams_a_chat_over_tls() {
     let gw = tls_gateway(sim, &pki.server("server", 7)).await;
     const SCRIPT: &str = r#"
 import json, sys
-import httpx, openai
+import openai
 base_url, cafile = sys.argv[1], sys.argv[2]
+# The SDK's own HTTP client class (httpx, or httpx2 in later versions), trusting the test CA.
 client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=20.0,
-                       http_client=httpx.Client(verify=cafile))
+                       http_client=openai.DefaultHttpxClient(verify=cafile))
 chunks, text, usage = 0, "", None
 stream = client.chat.completions.create(model="tiny-llama", stream=True, max_tokens=6,
     stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
