@@ -9,13 +9,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::common::in_ci;
-use crate::common::ops::{TempDir, root};
+use crate::common::ops::{TempDir, output, root};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -51,20 +50,6 @@ fn kubectl() -> Option<PathBuf> {
 
 fn validator() -> Option<PathBuf> {
     pip_tool("kubernetes-validate", "kubernetes-validate")
-}
-
-/// Runs a program; its exit status and its output, stdout then stderr.
-fn output(program: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn kubernetes() -> PathBuf {

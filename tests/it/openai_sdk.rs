@@ -18,7 +18,7 @@ const KEY: &str = "sk-sdk-tenant";
 
 /// Whether python3 can import `openai`. Not there: a failure in CI, a skip with a note
 /// elsewhere (Debian 12 has no package for it: `.ci/run` installs it with pip).
-fn sdk_installed() -> bool {
+pub(crate) fn sdk_installed() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import openai"])
         .stdout(Stdio::null())

@@ -16,7 +16,7 @@ use weir::labels::{ErrorKind, REJECT_REASONS, RETRY_REASONS, TIMEOUT_KINDS};
 use weir_sim::SimConfig;
 
 /// The latency histograms, one series set per (model, operation[, backend]).
-const LATENCY: [&str; 6] = [
+pub(crate) const LATENCY: [&str; 6] = [
     "gen_ai_server_time_to_first_token_seconds",
     "weir_time_to_first_answer_token_seconds",
     "gen_ai_server_time_per_output_token_seconds",
@@ -25,9 +25,9 @@ const LATENCY: [&str; 6] = [
     "weir_gateway_overhead_seconds",
 ];
 /// By token type (input, output), created with the others.
-const TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+pub(crate) const TOKEN_USAGE: &str = "gen_ai_client_token_usage";
 /// By outcome, created at a request's end.
-const DURATION: &str = "gen_ai_server_request_duration_seconds";
+pub(crate) const DURATION: &str = "gen_ai_server_request_duration_seconds";
 
 /// What the generations are sent to: (path, body) for a model.
 fn generations(model: &str) -> [(&'static str, serde_json::Value); 2] {

@@ -340,26 +340,9 @@ print(json.dumps(out))
     gw.shutdown().await;
 }
 
-/// Whether python3 can import `openai` (installed by .ci/run); a failure in CI, else a skip.
-fn openai_sdk() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import openai"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "python3 cannot import `openai`; `pip install --break-system-packages openai` \
-                   provides it (.ci/run does that)";
-        assert!(!in_ci(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
-}
-
 #[tokio::test]
 async fn the_openai_sdk_streams_a_chat_over_tls() {
-    if !openai_sdk() {
+    if !crate::openai_sdk::sdk_installed() {
         return;
     }
     let pki = Pki::new("sdk");

@@ -52,6 +52,14 @@ pub fn tool_from(name: &str, package: &str) -> Option<PathBuf> {
 
 /// Runs a program to the end; its output, or a panic that shows it.
 pub fn run(program: &Path, args: &[&str]) -> String {
+    let (ok, text) = output(program, args);
+    assert!(ok, "{} {args:?} failed:\n{text}", program.display());
+    text
+}
+
+/// Runs a program to the end in the repository's root: whether it succeeded, and its output
+/// (stdout, then stderr).
+pub fn output(program: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
         .args(args)
         .current_dir(root())
@@ -62,13 +70,7 @@ pub fn run(program: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed ({}):\n{text}",
-        program.display(),
-        out.status
-    );
-    text
+    (out.status.success(), text)
 }
 
 /// A directory removed when dropped.
