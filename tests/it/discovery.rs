@@ -413,3 +413,47 @@ async fn reload_follows_discovery_changes() {
     dns.stop().await;
     sim.shutdown().await;
 }
+
+/// An answer with more addresses than `[discovery] max_endpoints` is cut, in address order:
+/// a DNS server cannot grow the pool (and the endpoint series) past the bound.
+#[tokio::test]
+async fn an_answer_beyond_max_endpoints_is_cut_in_address_order() {
+    let (v4, v6) = sims(SimConfig::fast()).await;
+    let dns = Dns::start().await;
+    dns.set(&[v6.addr.ip(), v4.addr.ip()]).await;
+    let mut c = config(dns.addr, v4.addr.port());
+    c.discovery.max_endpoints = 1;
+    c.validate().unwrap();
+    let gw = gateway::start(c).await.unwrap();
+    // IPv4 addresses sort before IPv6 ones: 127.0.0.1 is kept, ::1 cut.
+    let a4 = v4.addr.to_string();
+    wait_for(&gw, "one endpoint up", |b| {
+        endpoints(b) == [(a4.clone(), true)]
+    })
+    .await;
+    let m = wait_for_metrics(gw.admin_addr, "the endpoint's gauge", |m| {
+        m.contains("weir_backend_endpoint_up{")
+    })
+    .await;
+    let gauges = m
+        .lines()
+        .filter(|l| l.starts_with("weir_backend_endpoint_up{"));
+    assert_eq!(gauges.count(), 1, "{m}");
+    let client = client();
+    for _ in 0..4 {
+        let req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+        assert_eq!(send(&client, req).await.0, StatusCode::OK);
+    }
+    // Every request went to the one endpoint kept; the one cut got none.
+    assert_eq!(completed(&v4).await, 4.0);
+    assert_eq!(completed(&v6).await, 0.0);
+    assert_eq!(
+        endpoints(&backends(&gw).await["backends"][0]),
+        [(a4.clone(), true)]
+    );
+
+    gw.shutdown().await;
+    dns.stop().await;
+    v4.shutdown().await;
+    v6.shutdown().await;
+}
