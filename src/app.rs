@@ -71,10 +71,11 @@ where
     BoxCloneService::new(stack)
 }
 
-/// While the gateway drains (`shutdown_delay`), an HTTP/1 response carries
+/// While the gateway drains (`shutdown_delay`), the response to an HTTP/1 request carries
 /// `Connection: close`: hyper closes the connection after it, and the client (or load
 /// balancer) opens its next one elsewhere instead of reusing one whose listener is about to
-/// close.
+/// close. A request already in flight when draining began keeps its connection for one more
+/// request, whose response closes it.
 #[derive(Clone)]
 struct CloseWhenDrainingLayer(Arc<AppState>);
 
@@ -107,20 +108,22 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let http1 = req.version() < http::Version::HTTP_2;
+        // Told when the request arrives: one load of a flag, no reference to the state held
+        // by every request's future.
+        let close = req.version() < http::Version::HTTP_2 && self.state.draining();
         CloseWhenDrainingFuture {
             inner: self.inner.call(req),
-            state: http1.then(|| self.state.clone()),
+            close,
         }
     }
 }
 
 pin_project! {
-    /// The inner service's future; `state` is kept for HTTP/1 requests only.
+    /// The inner service's future, and whether its response closes the connection.
     struct CloseWhenDrainingFuture<F> {
         #[pin]
         inner: F,
-        state: Option<Arc<AppState>>,
+        close: bool,
     }
 }
 
@@ -133,7 +136,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut res) = ready!(this.inner.poll(cx));
-        if this.state.as_ref().is_some_and(|s| s.draining()) {
+        if *this.close {
             res.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
