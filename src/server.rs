@@ -57,6 +57,40 @@ pub struct Options {
     pub tls: Option<Arc<ServerTls>>,
 }
 
+/// What a listener serves: a service of the requests hyper parses that never fails (errors
+/// are answers), cloned into each connection's task.
+pub trait Served<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Served<B> for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+}
+
+/// A response body hyper writes from a connection's task.
+pub trait ServedBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ServedBody for B
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// open requests finish for at most `opts.grace`.
 pub async fn run<S, B>(
@@ -66,14 +100,8 @@ pub async fn run<S, B>(
     opts: Options,
 ) -> std::io::Result<()>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let builders = Arc::new(Builders::new(&opts));
     let header_read_timeout = opts.header_read_timeout;
@@ -191,14 +219,8 @@ impl Conn {
         svc: S,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let sniffed = async {
             match self.header_read_timeout {
@@ -235,14 +257,8 @@ impl Conn {
         svc: S,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let accepted = tokio::select! {
             s = handshake(&tls, stream, peer, self.header_read_timeout) => s,
@@ -365,14 +381,8 @@ async fn refuse<S, B>(
     service: S,
     peer: std::net::SocketAddr,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let svc = service.map_request(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
