@@ -131,6 +131,24 @@ async fn tls_gateway(sim: SocketAddr, issued: &Issued) -> Gateway {
     gateway::start(c).await.unwrap()
 }
 
+/// Waits until `n` chat requests to `sim` have been recorded as served, each with its TTFT;
+/// the metrics then.
+async fn measured(gw: &Gateway, sim: SocketAddr, n: f64) -> String {
+    let ok = [
+        CHAT[0],
+        CHAT[1],
+        ("backend", &*sim.to_string()),
+        ("outcome", "ok"),
+    ];
+    let ttft = "gen_ai_server_time_to_first_token_seconds_count";
+    let m = wait_for_metrics(gw.admin_addr, "the requests recorded", |m| {
+        sum(m, "weir_requests_total", &ok) == Some(n) && sum(m, ttft, &CHAT) == Some(n)
+    })
+    .await;
+    assert_eq!(value(&m, ttft, &CHAT), n, "{m}");
+    m
+}
+
 /// The certificates of a PEM file.
 fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
@@ -249,23 +267,8 @@ async fn curl_speaks_http1_and_http2_over_tls_and_the_requests_are_measured() {
         assert!(out.ends_with(&format!("version={version}")), "{out}");
         assert!(out.contains("data: [DONE]"), "{out}");
     }
-    let ok = [
-        CHAT[0],
-        CHAT[1],
-        ("backend", &*sim.to_string()),
-        ("outcome", "ok"),
-    ];
     // Recorded once each body has ended, which may be just after curl has it all.
-    let ttft = "gen_ai_server_time_to_first_token_seconds_count";
-    let m = wait_for_metrics(gw.admin_addr, "two requests", |m| {
-        sum(m, "weir_requests_total", &ok) == Some(2.0) && sum(m, ttft, &CHAT) == Some(2.0)
-    })
-    .await;
-    assert_eq!(
-        value(&m, "gen_ai_server_time_to_first_token_seconds_count", &CHAT),
-        2.0,
-        "{m}"
-    );
+    let m = measured(&gw, sim, 2.0).await;
     for reason in [
         "not_tls",
         "timeout",
@@ -386,21 +389,7 @@ print(json.dumps({"chunks": chunks, "text": text, "completion_tokens": usage}))
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["completion_tokens"], 6, "{v}");
     assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
-    let ok = [
-        CHAT[0],
-        CHAT[1],
-        ("backend", &*sim.to_string()),
-        ("outcome", "ok"),
-    ];
-    let ttft = "gen_ai_server_time_to_first_token_seconds_count";
-    let m = wait_for_metrics(gw.admin_addr, "the request", |m| {
-        sum(m, "weir_requests_total", &ok) == Some(1.0) && sum(m, ttft, &CHAT) == Some(1.0)
-    })
-    .await;
-    assert_eq!(
-        value(&m, "gen_ai_server_time_to_first_token_seconds_count", &CHAT),
-        1.0
-    );
+    measured(&gw, sim, 1.0).await;
     gw.shutdown().await;
 }
 
