@@ -41,6 +41,7 @@ macro_rules! otlp_exporter {
 pub mod access;
 pub mod otel_metrics;
 mod queue;
+pub mod stdout;
 
 use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex};
@@ -127,7 +128,7 @@ fn install(default_filter: &str, style: LogStyle, keep_first_access: bool) {
     let style = style.resolve();
     let lines = tracing_subscriber::fmt::layer()
         .event_format(access::LogFormat::styled(style))
-        .with_writer(std::io::stdout)
+        .with_writer(stdout::LineOut::new)
         .with_filter(filter);
     let keep = keep_first_access.then(|| {
         access::KeepFirst::new(&FIRST_ACCESS, style)
