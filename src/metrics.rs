@@ -2,7 +2,7 @@
 //! the layers, rendered by the admin listener. Label values come only from the config.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 mod exemplars;
 mod families;
@@ -112,7 +112,15 @@ pub struct Series {
     histogram_backend: bool,
     duration: HistogramVec,
     requests: IntCounterVec,
+    /// `duration`'s histogram of each outcome and `requests`' counter of each outcome and
+    /// status class, found in their families once, when first used (no series exists before
+    /// a request needs it): a request's end takes no lock and hashes no label.
+    durations: [OnceLock<Histogram>; OUTCOMES.len()],
+    counts: [OnceLock<IntCounter>; OUTCOMES.len() * STATUS_CLASSES.len()],
 }
+
+/// The `code` label's values (`labels::status_class`).
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The exemplars of one series' latency histograms.
 pub struct SeriesExemplars {
@@ -167,22 +175,36 @@ impl SeriesExemplars {
 impl Series {
     /// `gen_ai_server_request_duration_seconds{outcome}`.
     pub fn observe_duration(&self, outcome: &str, seconds: f64) {
-        let [m, o, b] = &self.labels;
-        let h = if self.histogram_backend {
-            self.duration
-                .with_label_values(&[m.as_str(), o, b, outcome])
-        } else {
-            self.duration.with_label_values(&[m.as_str(), o, outcome])
+        let found = || {
+            let [m, o, b] = &self.labels;
+            if self.histogram_backend {
+                self.duration
+                    .with_label_values(&[m.as_str(), o, b, outcome])
+            } else {
+                self.duration.with_label_values(&[m.as_str(), o, outcome])
+            }
         };
-        h.observe(seconds);
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.durations[i].get_or_init(found).observe(seconds),
+            None => found().observe(seconds),
+        }
     }
 
     /// `weir_requests_total{outcome, code}`.
     pub fn count_request(&self, outcome: &str, code: &str) {
-        let [m, o, b] = &self.labels;
-        self.requests
-            .with_label_values(&[m.as_str(), o, b, outcome, code])
-            .inc();
+        let found = || {
+            let [m, o, b] = &self.labels;
+            self.requests
+                .with_label_values(&[m.as_str(), o, b, outcome, code])
+        };
+        let i = OUTCOMES.iter().position(|o| *o == outcome);
+        let j = STATUS_CLASSES.iter().position(|c| *c == code);
+        match i.zip(j) {
+            Some((i, j)) => self.counts[i * STATUS_CLASSES.len() + j]
+                .get_or_init(found)
+                .inc(),
+            None => found().inc(),
+        }
     }
 
     /// The model label value.
@@ -372,6 +394,8 @@ impl Metrics {
             histogram_backend: hb,
             duration: i.duration.clone(),
             requests: i.requests.clone(),
+            durations: Default::default(),
+            counts: std::array::from_fn(|_| OnceLock::new()),
         });
         if let Some(m) = map.as_mut() {
             m.insert(key, s.clone());
