@@ -75,6 +75,11 @@ pub struct Config {
     /// load balancer takes the replica out first (0: close at once).
     #[serde(deserialize_with = "de::duration")]
     pub shutdown_delay: Duration,
+    /// How the proxy listener's connections are spread over the CPUs.
+    pub scheduler: Scheduler,
+    /// Worker threads of `scheduler = "per-core"` (0: one per CPU weir may use, or
+    /// `TOKIO_WORKER_THREADS`).
+    pub workers: usize,
     /// OTLP traces (`[telemetry]`, see `telemetry.rs`).
     pub telemetry: TelemetryConfig,
     /// The series' labels (`[metrics]`).
@@ -90,6 +95,23 @@ pub struct Admin {
     pub token_sha256: String,
     /// `[admin.tls]`: the admin listener speaks TLS with this certificate (None: plain TCP).
     pub tls: Option<ListenerTls>,
+}
+
+/// The most worker threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// How the proxy listener's connections are served when weir may use more than one CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// One thread per CPU, each with an event loop of its own that accepts connections and
+    /// keeps backend connections of its own: a request is served on one core from its first
+    /// byte to its last, as nginx's workers do.
+    #[default]
+    PerCore,
+    /// One work-stealing runtime for all connections: a connection's work moves to an idle
+    /// core, at the price of shared queues and of cache lines that move between cores.
+    Shared,
 }
 
 impl Default for Config {
@@ -113,6 +135,8 @@ impl Default for Config {
             admin: Admin::default(),
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            scheduler: Scheduler::default(),
+            workers: 0,
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
         }
@@ -194,6 +218,14 @@ impl Config {
         }
         if let Some(t) = &self.admin.tls {
             t.load("admin.tls")?;
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!("at most {MAX_WORKERS} (0: one per CPU)"),
+            )
+            .value(self.workers.to_string())
+            .example("workers = 0"));
         }
         self.limits.validate()?;
         self.costs.validate()?;

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app;
-use crate::config::Config;
+use crate::config::{Config, Scheduler};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::tls::ServerTls;
-use crate::{admin, health, server};
+use crate::{admin, health, server, workers};
 
 /// Handle on a gateway started with [`start`].
 pub struct Gateway {
@@ -51,12 +51,11 @@ pub async fn start_with(
     let proxy_opts = server::Options {
         grace: config.shutdown_grace,
         header_read_timeout: Some(config.limits.header_read_timeout),
-        max_connections: (config.limits.max_connections > 0)
-            .then_some(config.limits.max_connections),
         max_head_bytes: Some(config.limits.max_head_bytes),
-        rejected: None,
         tls: tls.clone(),
-    };
+        ..server::Options::default()
+    }
+    .max_connections((config.limits.max_connections > 0).then_some(config.limits.max_connections));
     let admin_opts = server::Options {
         grace: config.shutdown_grace,
         header_read_timeout: Some(config.limits.header_read_timeout),
@@ -67,18 +66,36 @@ pub async fn start_with(
         rejected: Some(metrics.rejected("connections")),
         ..proxy_opts
     };
+    // One thread per core, or the runtime this runs on.
+    let workers = match config.scheduler {
+        Scheduler::Shared => 1,
+        Scheduler::PerCore if config.workers > 0 => config.workers,
+        Scheduler::PerCore => workers::threads(),
+    };
+    // Before the backends' pools are made: one idle list per worker.
+    workers::expect(workers);
     let state = Arc::new(AppState::new(config, metrics));
     let (stop, rx) = watch::channel(false);
     let rx2 = rx.clone();
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let proxy = tokio::spawn(server::run(
-        listener,
-        stack(state.clone()),
-        stopped(rx.clone()),
-        proxy_opts,
-    ));
+    let mut tasks = if workers > 1 {
+        workers::spawn(
+            workers,
+            listener,
+            stack(state.clone()),
+            rx.clone(),
+            proxy_opts,
+        )?
+    } else {
+        vec![tokio::spawn(server::run(
+            listener,
+            stack(state.clone()),
+            stopped(rx.clone()),
+            proxy_opts,
+        ))]
+    };
     let admin = tokio::spawn(server::run(
         admin_listener,
         admin::service(state.clone()),
@@ -90,9 +107,13 @@ pub async fn start_with(
     let health = tokio::spawn(health::run(state.clone(), rx2.clone()));
     let discovery = tokio::spawn(crate::discovery::run(state.clone(), rx2));
     let rt = tokio::runtime::Handle::current();
-    let flavor = match rt.runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
-        _ => "multi_thread",
+    let runtime = if workers > 1 {
+        "per_core"
+    } else {
+        match rt.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        }
     };
     tracing::info!(
         %addr,
@@ -100,10 +121,11 @@ pub async fn start_with(
         tls = tls.is_some(),
         admin_tls = admin_tls.is_some(),
         backends = state.current().pool.backends.len(),
-        runtime = flavor,
-        workers = rt.metrics().num_workers(),
+        runtime,
+        workers = if workers > 1 { workers } else { rt.metrics().num_workers() },
         "weir is serving"
     );
+    tasks.push(admin);
     Ok(Gateway {
         addr,
         admin_addr,
@@ -111,7 +133,7 @@ pub async fn start_with(
         tls,
         admin_tls,
         stop,
-        tasks: vec![proxy, admin],
+        tasks,
         health,
         discovery,
     })

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! client ──► server    (hyper-util: HTTP/1.1 + h2c, or TLS with ALPN; graceful
-//!                       shutdown)                                    server.rs, tls.rs
+//!                       shutdown; a worker per core, each accepting and
+//!                       serving its own connections)     server.rs, tls.rs, workers.rs
 //!        ──► edge      (x-request-id; the request's record starts: t0, trace
 //!                       context, the config it works with; recorded exactly
 //!                       once however it ends)                                  edge.rs, record.rs
@@ -64,3 +65,4 @@ pub mod tenants;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod workers;

@@ -275,23 +275,11 @@ fn prepare_fds(wanted: Option<u64>) {
     }
 }
 
-/// The number of threads the runtime gets: `TOKIO_WORKER_THREADS` if set (tokio's own
-/// variable), else the cores this process may run on (its CPU affinity, e.g. `taskset`, or a
-/// container's CPU quota).
-fn worker_threads() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
-}
-
 /// Runs `fut` on a multi-threaded runtime, or, with one thread, on tokio's single-threaded
 /// one: on one core the work-stealing scheduler only adds bookkeeping to every wake-up
 /// (3–7 % less CPU per token in interleaved runs, BENCHMARKS.md).
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
-    let threads = worker_threads();
+    let threads = weir::workers::threads();
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

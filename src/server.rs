@@ -44,10 +44,11 @@ pub struct Options {
     /// A new connection's first bytes, and each HTTP/1 request head, must arrive within this
     /// long.
     pub header_read_timeout: Option<Duration>,
-    /// Open connections at most. The requests of a connection over it carry
+    /// Open connections at most: a permit each, shared by every accept loop of the listener
+    /// ([`Options::max_connections`]). The requests of a connection over it carry
     /// [`OverConnectionLimit`], for the service to refuse (the gateway answers 503), and the
     /// connection is closed after at most 5 s.
-    pub max_connections: Option<usize>,
+    pub connection_slots: Option<Arc<Semaphore>>,
     /// The request head size the service accepts: hyper's own buffers are made larger, so
     /// that a head up to twice this reaches the service and is refused (and recorded) there.
     pub max_head_bytes: Option<usize>,
@@ -55,6 +56,16 @@ pub struct Options {
     pub rejected: Option<prometheus::IntCounter>,
     /// TLS on this listener (None: plain TCP).
     pub tls: Option<Arc<ServerTls>>,
+}
+
+impl Options {
+    /// At most `n` open connections (None: no limit).
+    pub fn max_connections(self, n: Option<usize>) -> Options {
+        Options {
+            connection_slots: n.map(|n| Arc::new(Semaphore::new(n))),
+            ..self
+        }
+    }
 }
 
 /// What a listener serves: a service of the requests hyper parses that never fails (errors
@@ -105,7 +116,7 @@ where
 {
     let builders = Arc::new(Builders::new(&opts));
     let header_read_timeout = opts.header_read_timeout;
-    let slots = opts.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let slots = opts.connection_slots.clone();
     let graceful = GracefulShutdown::new();
     // Connections not yet handed to hyper (their first bytes not seen) end on shutdown.
     let (stopping, stop) = watch::channel(false);

@@ -63,10 +63,18 @@ struct Inner {
     authority: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// Most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// The idle connections of each worker thread (`workers.rs`), most recently used last:
+    /// a connection is used by the thread that opened it, on the event loop its socket is
+    /// registered with. Threads that are not workers share the first list.
+    idle: Box<[IdleList]>,
     reaper: AtomicBool,
 }
+
+/// One worker's idle connections, on cache lines of its own: the workers' locks do not
+/// share a line.
+#[repr(align(128))]
+#[derive(Default)]
+struct IdleList(Mutex<Vec<Idle>>);
 
 /// The pool of connections to one backend.
 #[derive(Clone)]
@@ -144,7 +152,9 @@ impl Upstream {
                     .unwrap_or(HeaderValue::from_static("localhost")),
                 connect_timeout,
                 idle_timeout,
-                idle: Mutex::new(Vec::new()),
+                idle: (0..crate::workers::lists())
+                    .map(|_| IdleList::default())
+                    .collect(),
                 reaper: AtomicBool::new(false),
             }),
         }
@@ -169,7 +179,8 @@ impl Upstream {
 
     /// Connections open and idle.
     pub fn idle(&self) -> usize {
-        self.inner.idle.lock().map_or(0, |v| v.len())
+        let lists = self.inner.idle.iter();
+        lists.map(|l| l.0.lock().map_or(0, |v| v.len())).sum()
     }
 
     /// Sends a request (absolute or origin-form URI; `Host` is set when missing) on an idle
@@ -270,10 +281,15 @@ fn origin_form(uri: &mut Uri) {
 }
 
 impl Inner {
-    /// The most recently used idle connection that is still open.
+    /// This thread's list of idle connections.
+    fn idle_here(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::workers::current() % self.idle.len()].0
+    }
+
+    /// The most recently used idle connection of this thread that is still open.
     fn checkout(&self) -> Option<Conn> {
         loop {
-            let idle = self.idle.lock().ok()?.pop()?;
+            let idle = self.idle_here().lock().ok()?.pop()?;
             let mut conn = idle.conn;
             if idle.since.elapsed() < self.idle_timeout && conn.usable() {
                 conn.relay.woken.store(true, Ordering::SeqCst);
@@ -327,7 +343,7 @@ impl Inner {
     fn checkin(self: &Arc<Self>, conn: Conn) {
         // The task that used it is done: its waker would keep its memory.
         drop(conn.relay.target.take());
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.idle_here().lock() else {
             return;
         };
         idle.push(Idle {
@@ -410,24 +426,27 @@ async fn reap(pool: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(p) = pool.upgrade() else { return };
-        let expired: Vec<Idle> = match p.idle.lock() {
-            Ok(mut idle) => {
-                let keep = idle
-                    .iter()
-                    .position(|i| i.since.elapsed() < p.idle_timeout)
-                    .unwrap_or(idle.len());
-                let expired = idle.drain(..keep).collect();
-                // A burst's worth of slots (each the size of a connection's state) goes too.
-                let left = idle.len();
-                if idle.capacity() > 64 && left < idle.capacity() / 4 {
-                    idle.shrink_to(left * 2);
+        for list in &p.idle {
+            let expired: Vec<Idle> = match list.0.lock() {
+                Ok(mut idle) => {
+                    let keep = idle
+                        .iter()
+                        .position(|i| i.since.elapsed() < p.idle_timeout)
+                        .unwrap_or(idle.len());
+                    let expired = idle.drain(..keep).collect();
+                    // A burst's worth of slots (each the size of a connection's state) goes
+                    // too.
+                    let left = idle.len();
+                    if idle.capacity() > 64 && left < idle.capacity() / 4 {
+                        idle.shrink_to(left * 2);
+                    }
+                    expired
                 }
-                expired
-            }
-            Err(_) => return,
-        };
-        // Closed outside the lock.
-        drop(expired);
+                Err(_) => return,
+            };
+            // Closed outside the lock.
+            drop(expired);
+        }
     }
 }
 

@@ -23,6 +23,8 @@ impl Config {
             "listen" => listen,
             "admin_listen" => admin_listen,
             "shutdown_grace" => shutdown_grace,
+            "scheduler" => scheduler,
+            "workers" => workers,
             "limits.max_connections" => limits.max_connections,
             "limits.max_head_bytes" => limits.max_head_bytes,
             "limits.header_read_timeout" => limits.header_read_timeout,

@@ -9,16 +9,6 @@ use weir_sim::SimConfig;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn one_json_access_log_line_per_request() {
     let sim = start_sim(SimConfig {
@@ -216,7 +206,7 @@ async fn sighup_reloads_the_config_file() {
     );
     let mut rx = json_lines(child.0.stdout.take().unwrap());
     let serving = line_where(&mut rx, "message", "weir is serving").await;
-    assert_eq!(serving["runtime"], "multi_thread", "{serving}");
+    assert_eq!(serving["runtime"], "per_core", "{serving}");
     assert_eq!(serving["workers"], 2, "{serving}");
     let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
     let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();

@@ -32,3 +32,4 @@ mod top;
 mod traces;
 mod traces_export;
 mod upstream;
+mod workers;

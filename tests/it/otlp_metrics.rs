@@ -348,16 +348,6 @@ async fn the_last_metrics_go_out_at_shutdown() {
     assert_eq!(counter_total(&r, "weir.requests"), 3);
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[cfg(unix)]
 #[tokio::test]
 async fn the_binary_pushes_metrics_from_otel_variables() {

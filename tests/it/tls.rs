@@ -624,16 +624,6 @@ async fn a_bad_or_missing_file_is_a_config_error_naming_the_field_and_the_file()
     );
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn hup(child: &Child) {
     let status = Command::new("kill")
         .args(["-HUP", &child.0.id().to_string()])

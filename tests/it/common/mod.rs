@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use weir::config::{BackendConfig, Config, KeyConfig, TenantLimits};
+use weir::config::{BackendConfig, Config, KeyConfig, Scheduler, TenantLimits};
 use weir::gateway::{self, Gateway};
 use weir_sim::{self as sim, SimConfig};
 
@@ -94,6 +94,10 @@ pub fn gateway_config(backends: &[SocketAddr]) -> Config {
             .map(|a| BackendConfig::new(format!("http://{a}")))
             .collect(),
         shutdown_grace: Duration::from_secs(5),
+        // Served on the test's own runtime, so that `AccessLog` catches the lines on the
+        // test's thread; the per-core workers are tested in `workers.rs` and by every test of
+        // the binary.
+        scheduler: Scheduler::Shared,
         ..Config::default()
     };
     c.normalise();
@@ -234,6 +238,16 @@ pub const CHAT: [(&str, &str); 2] = [
     ("gen_ai_request_model", "tiny-llama"),
     ("gen_ai_operation_name", "chat"),
 ];
+
+/// A child process, killed when the test ends, however it ends.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The JSON lines a child process writes on stdout (the access log, weir's other logs), read
 /// on a thread; every line must be JSON.
