@@ -194,18 +194,7 @@ async fn sighup_reloads_the_config_file() {
         )
     };
     std::fs::write(&path, file(a)).unwrap();
-    let mut child = Child(
-        Command::new(WEIR)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("TOKIO_WORKER_THREADS", "2")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("weir starts"),
-    );
-    let mut rx = json_lines(child.0.stdout.take().unwrap());
-    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    let (child, mut rx, serving) = weir_with_config(&path, &[("TOKIO_WORKER_THREADS", "2")]).await;
     assert_eq!(serving["runtime"], "per_core", "{serving}");
     assert_eq!(serving["workers"], 2, "{serving}");
     let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
@@ -357,18 +346,7 @@ async fn sighup_changes_a_tenants_limit() {
         )
     };
     std::fs::write(&path, file(1)).unwrap();
-    let mut child = Child(
-        Command::new(WEIR)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("TOKIO_WORKER_THREADS", "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("weir starts"),
-    );
-    let mut rx = json_lines(child.0.stdout.take().unwrap());
-    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    let (child, mut rx, serving) = weir_with_config(&path, &[("TOKIO_WORKER_THREADS", "1")]).await;
     let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();
     let client = client();
     // (status, x-ratelimit-limit-requests, x-ratelimit-remaining-requests)

@@ -233,17 +233,7 @@ async fn a_reload_names_the_fields_that_need_a_restart() {
         )
     };
     let path = dir.file("weir.toml", &file("127.0.0.1:0", "1s", "a"));
-    let mut child = Killed(
-        Command::new(WEIR)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut rx = json_lines(child.0.stdout.take().unwrap());
-    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    let (child, mut rx, serving) = weir_with_config(&path, &[]).await;
     let admin: std::net::SocketAddr = serving["admin_addr"].as_str().unwrap().parse().unwrap();
     // A new listener and SLO threshold cannot be applied; a new model label can.
     dir.file("weir.toml", &file("127.0.0.1:1", "2s", "b"));
@@ -272,14 +262,4 @@ async fn a_reload_names_the_fields_that_need_a_restart() {
                 && l.contains("gen_ai_request_model=\"b\"")),
         "the new model label was applied: {metrics}"
     );
-}
-
-/// Kills the gateway when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,8 +21,6 @@ use weir::forward::ClientAddr;
 use weir::gateway;
 use weir::proxy::{Proxy, ResponseBody};
 use weir_sim::SimConfig;
-
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 /// `n` per-core workers.
 fn per_core(sim: std::net::SocketAddr, n: usize) -> Config {
@@ -159,17 +156,7 @@ async fn the_binary_writes_every_workers_lines_whole() {
         ),
     )
     .unwrap();
-    let mut child = Child(
-        Command::new(WEIR)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("weir starts"),
-    );
-    let mut rx = json_lines(child.0.stdout.take().unwrap());
-    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    let (_child, mut rx, serving) = weir_with_config(&path, &[]).await;
     assert_eq!(serving["runtime"], "per_core", "{serving}");
     assert_eq!(serving["workers"], 4, "{serving}");
     let addr: std::net::SocketAddr = serving["addr"].as_str().unwrap().parse().unwrap();

@@ -249,6 +249,31 @@ impl Drop for Child {
     }
 }
 
+/// `weir --config path` with `RUST_LOG=info` and `envs`: the process, the JSON lines it
+/// writes, and its "weir is serving" line (its addresses, runtime and workers).
+pub async fn weir_with_config(
+    path: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (
+    Child,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    serde_json::Value,
+) {
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("--config")
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("weir starts"),
+    );
+    let mut rx = json_lines(child.0.stdout.take().unwrap());
+    let serving = line_where(&mut rx, "message", "weir is serving").await;
+    (child, rx, serving)
+}
+
 /// The JSON lines a child process writes on stdout (the access log, weir's other logs), read
 /// on a thread; every line must be JSON.
 pub fn json_lines(
