@@ -239,13 +239,16 @@ pub const REJECT_REASONS: [&str; 3] = ["connections", "in_flight", "memory"];
 /// Closed set of `weir_timeouts_total{kind}` values.
 pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"];
 
+/// Closed set of `weir_requests_total{code}` values.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// `weir_requests_total{code}`: the status class.
 pub fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => STATUS_CLASSES[0],
+        200..=299 => STATUS_CLASSES[1],
+        300..=399 => STATUS_CLASSES[2],
+        400..=499 => STATUS_CLASSES[3],
+        _ => STATUS_CLASSES[4],
     }
 }

@@ -8,7 +8,7 @@ mod exemplars;
 mod families;
 mod openmetrics;
 
-use crate::labels::{ErrorKind, OTHER, OUTCOMES, Operation};
+use crate::labels::{ErrorKind, OTHER, OUTCOMES, Operation, STATUS_CLASSES};
 pub use exemplars::{Exemplar, Exemplars, Ids};
 use families::Families;
 use prometheus::{
@@ -118,9 +118,6 @@ pub struct Series {
     durations: [OnceLock<Histogram>; OUTCOMES.len()],
     counts: [OnceLock<IntCounter>; OUTCOMES.len() * STATUS_CLASSES.len()],
 }
-
-/// The `code` label's values (`labels::status_class`).
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The exemplars of one series' latency histograms.
 pub struct SeriesExemplars {
