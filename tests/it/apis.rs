@@ -123,7 +123,10 @@ async fn reasoning_comes_before_the_first_answer_token() {
     }
     let m = recorded(&gw, 3.0).await;
     let l = [CHAT_LABELS[0], CHAT_LABELS[1]];
-    // The first token is reasoning; the first answer token comes six tokens later.
+    // The first token is reasoning; the first answer token comes six tokens later. The
+    // simulator's deadlines count from the request's admission, so the seventh token is no
+    // earlier than six gaps in however late the first one was (on a loaded machine a late
+    // first token can arrive together with those after it).
     let ttft = value(&m, "gen_ai_server_time_to_first_token_seconds_sum", &l);
     let ttfat = value(&m, "weir_time_to_first_answer_token_seconds_sum", &l);
     assert_eq!(
@@ -131,7 +134,7 @@ async fn reasoning_comes_before_the_first_answer_token() {
         3.0
     );
     assert!(
-        ttfat >= ttft + 3.0 * 6.0 * 0.005,
+        ttfat >= 3.0 * 6.0 * 0.005 && ttfat >= ttft,
         "TTFT {ttft} first answer {ttfat}"
     );
     // Reasoning tokens where the API reports them (chat and Responses).
