@@ -37,7 +37,7 @@ use crate::record::Exchange;
 use crate::state::AppState;
 
 /// The body the client receives: every response observed.
-pub type ProxyBody = ObservedBody<EdgeBody, Exchange>;
+pub type ProxyBody = ObservedBody<EdgeBody, Box<Exchange>>;
 
 /// The whole stack, type-erased once.
 pub type AppService = BoxCloneService<Request<Incoming>, Response<ProxyBody>, Infallible>;

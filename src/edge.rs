@@ -78,7 +78,7 @@ impl<S, B> Service<Request<B>> for Record<S>
 where
     S: Service<Request<B>, Response = Response<HandlerBody>, Error = Infallible>,
 {
-    type Response = Response<ObservedBody<EdgeBody, Exchange>>;
+    type Response = Response<ObservedBody<EdgeBody, Box<Exchange>>>;
     type Error = Infallible;
     type Future = ResponseFuture<S::Future>;
 
@@ -139,7 +139,7 @@ impl<F> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<HandlerBody>, Infallible>>,
 {
-    type Output = Result<Response<ObservedBody<EdgeBody, Exchange>>, Infallible>;
+    type Output = Result<Response<ObservedBody<EdgeBody, Box<Exchange>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();

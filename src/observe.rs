@@ -91,6 +91,21 @@ pub trait Recorder: Send + 'static {
     fn finish(self, m: &Measurement, outcome: Outcome, end: Instant);
 }
 
+/// A boxed recorder records as the recorder does (the response body carries a pointer).
+impl<R: Recorder> Recorder for Box<R> {
+    fn watch(&self) -> &Watch {
+        (**self).watch()
+    }
+
+    fn gap(&self, gap: Duration) {
+        (**self).gap(gap)
+    }
+
+    fn finish(self, m: &Measurement, outcome: Outcome, end: Instant) {
+        (*self).finish(m, outcome, end)
+    }
+}
+
 /// What the response body showed, filled in as it passes. Its size does not depend on what
 /// the backend sends: one finish reason per choice, a fixed-size summary of the gaps.
 #[derive(Debug, Default)]

@@ -67,7 +67,7 @@ impl Service<Request<Incoming>> for Proxy {
 /// back when the proxy returns or is dropped (the client left).
 struct Held {
     ledger: Ledger,
-    ex: Option<Exchange>,
+    ex: Option<Box<Exchange>>,
 }
 
 impl Drop for Held {
@@ -81,13 +81,13 @@ impl Drop for Held {
 impl Deref for Held {
     type Target = Exchange;
     fn deref(&self) -> &Exchange {
-        self.ex.as_ref().expect("held until dropped")
+        self.ex.as_deref().expect("held until dropped")
     }
 }
 
 impl DerefMut for Held {
     fn deref_mut(&mut self) -> &mut Exchange {
-        self.ex.as_mut().expect("held until dropped")
+        self.ex.as_deref_mut().expect("held until dropped")
     }
 }
 

@@ -108,18 +108,21 @@ impl Exchange {
 /// each layer can fill it in, and held by the edge, which records it if no one else does.
 /// Whoever takes the exchange out gives it back or finishes it.
 #[derive(Clone)]
-pub struct Ledger(Arc<Mutex<Option<Exchange>>>);
+///
+/// The exchange is boxed: taking it out, putting it back and carrying it in the response
+/// body move a pointer, not its bytes.
+pub struct Ledger(Arc<Mutex<Option<Box<Exchange>>>>);
 
 impl Ledger {
     pub fn new(ex: Exchange) -> Ledger {
-        Ledger(Arc::new(Mutex::new(Some(ex))))
+        Ledger(Arc::new(Mutex::new(Some(Box::new(ex)))))
     }
 
-    pub fn take(&self) -> Option<Exchange> {
+    pub fn take(&self) -> Option<Box<Exchange>> {
         self.0.lock().ok()?.take()
     }
 
-    pub fn put(&self, ex: Exchange) {
+    pub fn put(&self, ex: Box<Exchange>) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(ex);
         }
@@ -127,7 +130,7 @@ impl Ledger {
 
     /// Changes the exchange where it is (when no one has taken it out).
     pub fn with(&self, f: impl FnOnce(&mut Exchange)) {
-        if let Some(ex) = self.0.lock().ok().as_mut().and_then(|s| s.as_mut()) {
+        if let Some(ex) = self.0.lock().ok().as_mut().and_then(|s| s.as_deref_mut()) {
             f(ex);
         }
     }
