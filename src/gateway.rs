@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -41,9 +41,19 @@ pub async fn start_with(
     config: Config,
     stack: impl FnOnce(Arc<AppState>) -> app::AppService,
 ) -> std::io::Result<Gateway> {
-    let listener = bind("listen", "--listen", config.listen).await?;
+    // One thread per core, or the runtime this runs on.
+    let workers = match config.scheduler {
+        Scheduler::Shared => 1,
+        Scheduler::PerCore if config.workers > 0 => config.workers,
+        Scheduler::PerCore => workers::threads(),
+    };
+    let listeners = if workers > 1 {
+        bind_each("listen", "--listen", config.listen, workers)?
+    } else {
+        vec![bind("listen", "--listen", config.listen).await?]
+    };
     let admin_listener = bind("admin_listen", "--admin-listen", config.admin_listen).await?;
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics = Metrics::with_config(config.known_models(), &config.slo, &config.metrics);
     let tls = listener_tls("proxy", "tls", config.tls.as_ref(), &metrics)?;
@@ -66,12 +76,6 @@ pub async fn start_with(
         rejected: Some(metrics.rejected("connections")),
         ..proxy_opts
     };
-    // One thread per core, or the runtime this runs on.
-    let workers = match config.scheduler {
-        Scheduler::Shared => 1,
-        Scheduler::PerCore if config.workers > 0 => config.workers,
-        Scheduler::PerCore => workers::threads(),
-    };
     // Before the backends' pools are made: one idle list per worker.
     workers::expect(workers);
     let state = Arc::new(AppState::new(config, metrics));
@@ -81,14 +85,9 @@ pub async fn start_with(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = if workers > 1 {
-        workers::spawn(
-            workers,
-            listener,
-            stack(state.clone()),
-            rx.clone(),
-            proxy_opts,
-        )?
+        workers::spawn(listeners, stack(state.clone()), rx.clone(), proxy_opts)?
     } else {
+        let listener = listeners.into_iter().next().expect("one listener");
         vec![tokio::spawn(server::run(
             listener,
             stack(state.clone()),
@@ -155,7 +154,44 @@ fn listener_tls(
 
 /// Binds one listener; a failure names the listener, its address, and how to pick another.
 async fn bind(field: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(field, flag, addr, e))
+}
+
+/// `n` listening sockets on one address, one per worker, with `SO_REUSEPORT`: the kernel
+/// hands each new connection to one of them by its addresses' hash, whichever threads are
+/// running. The address is first bound alone, so that a port in use — even by another weir,
+/// which could otherwise join the group and take a share of the connections — is the same
+/// error as with one listener (and port 0 becomes a free port).
+fn bind_each(
+    field: &str,
+    flag: &str,
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<TcpListener>> {
+    let failed = |e| bind_error(field, flag, addr, e);
+    let alone = std::net::TcpListener::bind(addr).map_err(failed)?;
+    let addr = alone.local_addr()?;
+    drop(alone);
+    (0..n)
+        .map(|_| {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| bind_error(field, flag, addr, e))
+}
+
+/// A listener that could not be bound, with its field, its address and how to pick another.
+fn bind_error(field: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
+    {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!(
                 ": another process is listening there; stop it or choose another port with {flag} or `{field} =` in the config file"
@@ -168,8 +204,11 @@ async fn bind(field: &str, flag: &str, addr: SocketAddr) -> std::io::Result<TcpL
             ),
             _ => String::new(),
         };
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({field}): {e}{hint}"))
-    })
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} ({field}): {e}{hint}"),
+        )
+    }
 }
 
 impl Gateway {

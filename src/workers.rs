@@ -1,15 +1,18 @@
 //! The proxy listener served per core (`scheduler = "per-core"`, the default): one thread per
 //! CPU weir may use, each running a single-threaded tokio runtime with an accept loop of its
-//! own on the one listening socket. A connection is served from its first byte to its last by
+//! own. A connection is served from its first byte to its last by
 //! the thread that accepted it, and the backend connections a thread opens stay with it (the
 //! pool keeps one idle list per worker, `upstream.rs`): no task, socket or buffer moves
 //! between cores, and the cores share no run queue and no pool lock. What they still share
 //! is read-mostly (the config and the routes) or a counter (the metrics).
 //!
-//! The threads share the listening socket rather than binding one each with `SO_REUSEPORT`:
-//! the thread that is free first accepts a new connection, so a busy core takes fewer of
-//! them, and a second process cannot join the port by mistake. A new connection wakes every
-//! idle worker, and all but one find nothing to accept; with kept-alive clients that is rare.
+//! Each worker has a listening socket of its own on the one address (`SO_REUSEPORT`, bound
+//! in `gateway.rs`): the kernel hands each new connection to one worker by its addresses'
+//! hash. One socket shared by every worker was tried first: the worker that woke first took
+//! the whole backlog of a burst of new connections (24 of 24 in `tests/it/workers.rs` on a
+//! loaded machine, even when it yielded after each accept), and kept-alive clients then
+//! stayed on that one core. With a socket each, a burst is spread whichever threads are
+//! running, and no connection wakes a worker that does not get it.
 //!
 //! Everything else (the admin listener, health checks, discovery, telemetry export, signals)
 //! runs on the runtime the gateway was started on.
@@ -59,11 +62,11 @@ pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
-/// Serves `listener` on `n` worker threads until `stop` turns true; each thread's result
-/// comes back through a task on the calling runtime.
+/// Serves each of `listeners` (one address, `SO_REUSEPORT`) on a worker thread of its own
+/// until `stop` turns true; each thread's result comes back through a task on the calling
+/// runtime.
 pub fn spawn<S, B>(
-    n: usize,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     service: S,
     stop: watch::Receiver<bool>,
     opts: server::Options,
@@ -72,10 +75,10 @@ where
     S: Served<B>,
     B: ServedBody,
 {
-    let listener = listener.into_std()?;
-    let mut done = Vec::with_capacity(n);
-    for i in 1..=n {
-        let listener = listener.try_clone()?;
+    let mut done = Vec::with_capacity(listeners.len());
+    for (i, listener) in (1..).zip(listeners) {
+        // Registered again on the worker's own event loop.
+        let listener = listener.into_std()?;
         let (service, mut stop, opts) = (service.clone(), stop.clone(), opts.clone());
         let (result, outcome) = oneshot::channel();
         std::thread::Builder::new()

@@ -192,4 +192,65 @@ async fn the_binary_writes_every_workers_lines_whole() {
         .await
         .expect("400 access lines within 30 s");
     assert!((0..16).all(|k| (0..25).all(|i| ids.contains(&format!("w-{k}-{i}")))));
+    // A second weir on the same port is refused, not let into the workers' SO_REUSEPORT
+    // group to take a share of the connections.
+    // (Under coreutils' `timeout`: one that joined would serve on, and exit 124.)
+    let second = std::process::Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_weir")])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--backend", &format!("http://{sim}")])
+        .env("TOKIO_WORKER_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr} (listen): Address already in use"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_new_connections_is_spread_over_the_workers() {
+    let sim = start_sim(SimConfig::fast()).await;
+    let seen = Seen::default();
+    let noted = seen.clone();
+    let gw = gateway::start_with(per_core(sim, 3), move |state| {
+        weir::app::service_with(state.clone(), NoteThread(Proxy::new(state), noted))
+    })
+    .await
+    .unwrap();
+    // 24 connections opened at once, before any request: they wait in the listener's
+    // backlog for the workers to accept them.
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        connects.spawn(tokio::net::TcpStream::connect(gw.addr));
+    }
+    let streams = connects.join_all().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for stream in streams {
+        let io = hyper_util::rt::TokioIo::new(stream.unwrap());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+        requests.spawn(async move { send.send_request(req).await.unwrap().status() });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for (_, thread) in seen.lock().unwrap().iter() {
+        *per_worker.entry(thread.clone()).or_default() += 1;
+    }
+    // One worker accepting the whole backlog in one go would serve all 24.
+    let most = per_worker.values().copied().max().unwrap_or(0);
+    assert!(per_worker.len() >= 2 && most <= 16, "{per_worker:?}");
 }
