@@ -191,24 +191,22 @@ fn bind_each(
 
 /// A listener that could not be bound, with its field, its address and how to pick another.
 fn bind_error(field: &str, flag: &str, addr: SocketAddr, e: std::io::Error) -> std::io::Error {
-    {
-        let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => format!(
-                ": another process is listening there; stop it or choose another port with {flag} or `{field} =` in the config file"
-            ),
-            std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
-                ": ports below 1024 need privileges; choose a port of 1024 or more with {flag}"
-            ),
-            std::io::ErrorKind::AddrNotAvailable => format!(
-                ": no interface of this machine has that address; use 0.0.0.0 for every interface or 127.0.0.1 with {flag}"
-            ),
-            _ => String::new(),
-        };
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} ({field}): {e}{hint}"),
-        )
-    }
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            ": another process is listening there; stop it or choose another port with {flag} or `{field} =` in the config file"
+        ),
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            format!(": ports below 1024 need privileges; choose a port of 1024 or more with {flag}")
+        }
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            ": no interface of this machine has that address; use 0.0.0.0 for every interface or 127.0.0.1 with {flag}"
+        ),
+        _ => String::new(),
+    };
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot listen on {addr} ({field}): {e}{hint}"),
+    )
 }
 
 impl Gateway {
