@@ -57,16 +57,22 @@ impl tower::Service<Request<Incoming>> for NoteThread {
     }
 }
 
-#[tokio::test]
-async fn each_connection_is_served_whole_by_one_worker_thread() {
+/// A gateway of `n` per-core workers in front of a simulator, noting each request's thread.
+async fn noting_threads(n: usize) -> (gateway::Gateway, Seen) {
     let sim = start_sim(SimConfig::fast()).await;
     let seen = Seen::default();
     let noted = seen.clone();
-    let gw = gateway::start_with(per_core(sim, 3), move |state| {
+    let gw = gateway::start_with(per_core(sim, n), move |state| {
         weir::app::service_with(state.clone(), NoteThread(Proxy::new(state), noted))
     })
     .await
     .unwrap();
+    (gw, seen)
+}
+
+#[tokio::test]
+async fn each_connection_is_served_whole_by_one_worker_thread() {
+    let (gw, seen) = noting_threads(3).await;
     // 12 clients of kept-alive connections, 5 requests apiece, all at once.
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..12 {
@@ -220,14 +226,7 @@ async fn the_binary_writes_every_workers_lines_whole() {
 
 #[tokio::test]
 async fn a_burst_of_new_connections_is_spread_over_the_workers() {
-    let sim = start_sim(SimConfig::fast()).await;
-    let seen = Seen::default();
-    let noted = seen.clone();
-    let gw = gateway::start_with(per_core(sim, 3), move |state| {
-        weir::app::service_with(state.clone(), NoteThread(Proxy::new(state), noted))
-    })
-    .await
-    .unwrap();
+    let (gw, seen) = noting_threads(3).await;
     // 24 connections opened at once, before any request: they wait in the listener's
     // backlog for the workers to accept them.
     let mut connects = tokio::task::JoinSet::new();
