@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weir::config::{MetricsConfig, SloConfig};
-use weir::labels::Operation;
+use weir::labels::{Operation, Outcome};
 use weir::metrics::Metrics;
 
 const BACKENDS: usize = 8;
@@ -31,8 +31,8 @@ fn per_request(m: &Metrics, backends: &[Arc<str>], n: usize) -> f64 {
             s.itl.observe(0.01 + g as f64 * 1e-4);
         }
         s.tpot.observe(0.01);
-        s.observe_duration("ok", 0.3 + x);
-        s.count_request("ok", "2xx");
+        s.observe_duration(Outcome::Ok, 0.3 + x);
+        s.count_request(Outcome::Ok, http::StatusCode::OK);
         s.input_tokens.observe(20.0);
         s.output_tokens.observe(GAPS as f64 + 1.0);
         s.input_tokens_total.inc_by(20);

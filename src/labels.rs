@@ -152,16 +152,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    /// Its place in [`OUTCOMES`].
+    pub fn index(self) -> usize {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::ClientError => "client_error",
-            Outcome::Timeout(_) => "timeout",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Unavailable => "unavailable",
-            Outcome::InternalError => "internal_error",
+            Outcome::Ok => 0,
+            Outcome::UpstreamError => 1,
+            Outcome::ClientError => 2,
+            Outcome::Timeout(_) => 3,
+            Outcome::Cancelled => 4,
+            Outcome::Unavailable => 5,
+            Outcome::InternalError => 6,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        OUTCOMES[self.index()]
     }
 
     /// The outcome a backend's status alone implies.
@@ -242,13 +247,13 @@ pub const TIMEOUT_KINDS: [&str; 4] = ["connect", "first_token", "idle", "total"]
 /// Closed set of `weir_requests_total{code}` values.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// `weir_requests_total{code}`: the status class.
-pub fn status_class(status: StatusCode) -> &'static str {
+/// `weir_requests_total{code}`: the status class, as its place in [`STATUS_CLASSES`].
+pub fn status_class(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => STATUS_CLASSES[0],
-        200..=299 => STATUS_CLASSES[1],
-        300..=399 => STATUS_CLASSES[2],
-        400..=499 => STATUS_CLASSES[3],
-        _ => STATUS_CLASSES[4],
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

@@ -8,9 +8,10 @@ mod exemplars;
 mod families;
 mod openmetrics;
 
-use crate::labels::{ErrorKind, OTHER, OUTCOMES, Operation, STATUS_CLASSES};
+use crate::labels::{ErrorKind, OTHER, OUTCOMES, Operation, Outcome, STATUS_CLASSES};
 pub use exemplars::{Exemplar, Exemplars, Ids};
 use families::Families;
+use http::StatusCode;
 use prometheus::{
     Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
@@ -149,12 +150,11 @@ impl SeriesExemplars {
     }
 
     /// The end-to-end latency's exemplars of one outcome.
-    pub fn duration(&self, outcome: &str) -> Option<&Exemplars> {
-        let i = OUTCOMES.iter().position(|o| *o == outcome)?;
-        self.duration.get(i)
+    pub fn duration(&self, outcome: Outcome) -> &Exemplars {
+        &self.duration[outcome.index()]
     }
 
-    /// The exemplars of a histogram family, by its name (and outcome for e2e).
+    /// The exemplars of a histogram family, by its name (and outcome label value for e2e).
     fn of(&self, family: &str, outcome: Option<&str>) -> Option<&Exemplars> {
         Some(match family {
             "gen_ai_server_time_to_first_token_seconds" => &self.ttft,
@@ -163,7 +163,12 @@ impl SeriesExemplars {
             "weir_inter_token_latency_seconds" => &self.itl,
             "weir_upstream_time_to_first_token_seconds" => &self.upstream_ttft,
             "weir_gateway_overhead_seconds" => &self.overhead,
-            "gen_ai_server_request_duration_seconds" => return self.duration(outcome?),
+            "gen_ai_server_request_duration_seconds" => {
+                let outcome = outcome?;
+                return self
+                    .duration
+                    .get(OUTCOMES.iter().position(|o| *o == outcome)?);
+            }
             _ => return None,
         })
     }
@@ -171,9 +176,10 @@ impl SeriesExemplars {
 
 impl Series {
     /// `gen_ai_server_request_duration_seconds{outcome}`.
-    pub fn observe_duration(&self, outcome: &str, seconds: f64) {
+    pub fn observe_duration(&self, outcome: Outcome, seconds: f64) {
         let found = || {
             let [m, o, b] = &self.labels;
+            let outcome = outcome.as_str();
             if self.histogram_backend {
                 self.duration
                     .with_label_values(&[m.as_str(), o, b, outcome])
@@ -181,27 +187,23 @@ impl Series {
                 self.duration.with_label_values(&[m.as_str(), o, outcome])
             }
         };
-        match OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(i) => self.durations[i].get_or_init(found).observe(seconds),
-            None => found().observe(seconds),
-        }
+        self.durations[outcome.index()]
+            .get_or_init(found)
+            .observe(seconds);
     }
 
-    /// `weir_requests_total{outcome, code}`.
-    pub fn count_request(&self, outcome: &str, code: &str) {
+    /// `weir_requests_total{outcome, code}`, the code by its status class.
+    pub fn count_request(&self, outcome: Outcome, status: StatusCode) {
+        let class = crate::labels::status_class(status);
         let found = || {
             let [m, o, b] = &self.labels;
+            let (outcome, code) = (outcome.as_str(), STATUS_CLASSES[class]);
             self.requests
                 .with_label_values(&[m.as_str(), o, b, outcome, code])
         };
-        let i = OUTCOMES.iter().position(|o| *o == outcome);
-        let j = STATUS_CLASSES.iter().position(|c| *c == code);
-        match i.zip(j) {
-            Some((i, j)) => self.counts[i * STATUS_CLASSES.len() + j]
-                .get_or_init(found)
-                .inc(),
-            None => found().inc(),
-        }
+        self.counts[outcome.index() * STATUS_CLASSES.len() + class]
+            .get_or_init(found)
+            .inc();
     }
 
     /// The model label value.
@@ -622,10 +624,10 @@ mod tests {
         assert!(Arc::ptr_eq(&sx.ex, &sy.ex), "one set of exemplars");
         sx.ttft.observe(0.2);
         sy.ttft.observe(0.3);
-        sx.observe_duration("ok", 1.0);
-        sy.observe_duration("ok", 2.0);
-        sx.count_request("ok", "2xx");
-        sy.count_request("ok", "2xx");
+        sx.observe_duration(Outcome::Ok, 1.0);
+        sy.observe_duration(Outcome::Ok, 2.0);
+        sx.count_request(Outcome::Ok, StatusCode::OK);
+        sy.count_request(Outcome::Ok, StatusCode::OK);
         sx.input_tokens_total.inc_by(3);
         sy.input_tokens_total.inc_by(4);
         let text = String::from_utf8(m.render()).unwrap();

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::backend::Load;
 use crate::error::Answer;
-use crate::labels::{Api, ErrorKind, Outcome, status_class};
+use crate::labels::{Api, ErrorKind, Outcome};
 use crate::metrics::{Exemplars, Ids, Metrics, Series};
 use crate::observe::{Measurement, Recorder, Watch};
 use crate::state::{Admitted, AppState, Shared};
@@ -107,10 +107,10 @@ impl Exchange {
 /// A request's record while the stack works on it: in the request's extensions, so that
 /// each layer can fill it in, and held by the edge, which records it if no one else does.
 /// Whoever takes the exchange out gives it back or finishes it.
-#[derive(Clone)]
 ///
 /// The exchange is boxed: taking it out, putting it back and carrying it in the response
 /// body move a pointer, not its bytes.
+#[derive(Clone)]
 pub struct Ledger(Arc<Mutex<Option<Box<Exchange>>>>);
 
 impl Ledger {
@@ -170,11 +170,9 @@ impl Recorder for Exchange {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        s.observe_duration(outcome.as_str(), secs(e2e));
-        if let Some(e) = s.ex.duration(outcome.as_str()) {
-            e.record(secs(e2e), ids, now);
-        }
-        s.count_request(outcome.as_str(), status_class(w.status));
+        s.observe_duration(outcome, secs(e2e));
+        s.ex.duration(outcome).record(secs(e2e), ids, now);
+        s.count_request(outcome, w.status);
         self.count_errors(m, outcome);
         if let Outcome::Timeout(kind) = outcome {
             self.metrics.timeout(kind);
