@@ -13,6 +13,9 @@ neither proxy competes with the load for a core.
                                                   # two weir builds (and nginx) in the same rounds
     python3 bench/overhead.py --mode requests --rates 2000   # the per-request path (bench/rate.py)
     python3 bench/overhead.py --mode requests --cores sim=0-5,proxy=6-9,load=10-15 --rates 10000
+    cargo build --release --example floor    # the HTTP stack alone, as one more column:
+    python3 bench/overhead.py --mode requests --build weir=target/release/weir \
+        --build floor=target/release/examples/floor
 """
 
 import argparse

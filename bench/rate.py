@@ -12,6 +12,10 @@ affinity; nginx gets one worker process per core). The table goes into BENCHMARK
 markers named after the machine's and the proxy's core counts, so tables of several layouts
 live side by side, below the streaming table's notes marker (which `overhead.py`'s streaming
 mode keeps).
+
+A `--build` may be any program that takes weir's `--listen`, `--admin-listen`, `--backend`
+and `--model`: `examples/floor.rs` (hyper's server and client joined with nothing between,
+laid out per core as weir's proxy is) is one, the floor of the stack weir is built on.
 """
 
 import datetime
