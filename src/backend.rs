@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock};
 
 use http::Uri;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use tokio::time::Instant;
 
 use crate::config::{BackendConfig, Timeouts};
@@ -135,6 +135,17 @@ impl Backend {
             queue: QueueStats::default(),
             epoch: Instant::now(),
         })
+    }
+
+    /// The request target on this backend for a request's path and query, in origin form
+    /// (the pool's connection is to the backend already, and sets `Host` to its authority):
+    /// the request's own path and query, shared, when the backend's URL has no path prefix;
+    /// no absolute URI is built only to be taken apart again.
+    pub fn target(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        match path_and_query {
+            Some(pq) if self.prefix.is_empty() => Ok(Uri::from(pq.clone())),
+            _ => self.uri(path_and_query.map_or("/", PathAndQuery::as_str)),
+        }
     }
 
     /// The upstream URI for a request's path and query.

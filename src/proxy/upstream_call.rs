@@ -36,7 +36,6 @@ pub(super) async fn call_upstream(
     ex: &mut Exchange,
 ) -> Result<Response<UpstreamIncoming>, GatewayError> {
     let pool = &shared.pool;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let may_retry = shared.config.retries.enabled
         && matches!(body, UpBody::Bytes(_))
         && pool.backends.len() > 1;
@@ -56,7 +55,7 @@ pub(super) async fn call_upstream(
             None => return Err(GatewayError::NoBackend),
         };
         let uri = backend
-            .uri(path)
+            .target(parts.uri.path_and_query())
             .map_err(|e| GatewayError::BadRequest(format!("bad request path: {e}")))?;
         let mut req = Request::new(up_body);
         *req.method_mut() = parts.method.clone();

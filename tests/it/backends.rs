@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::ops::echo_backend;
 use crate::common::prom::{sum, value};
 use crate::common::*;
 use http::StatusCode;
@@ -483,4 +484,30 @@ async fn reload_adds_and_removes_backends_while_streams_continue() {
         "removed backend's gauge is gone"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_backend_url_with_a_path_puts_it_before_each_request_path() {
+    let echo = echo_backend().await;
+    let asked = "/v1/models?limit=2&after=a%20b";
+    for (url, want) in [
+        (format!("http://{echo}"), asked.to_string()),
+        (format!("http://{echo}/"), asked.to_string()),
+        (
+            format!("http://{echo}/serving/llama/"),
+            format!("/serving/llama{asked}"),
+        ),
+    ] {
+        let mut c = serving(&[echo]);
+        c.backends[0].url = url.clone();
+        let gw = gateway::start(c).await.unwrap();
+        let (status, body) = get_text(gw.addr, asked).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        let got: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got["target"], want.as_str(), "{url}");
+        // In origin form, with the backend's authority as Host (the client's goes in
+        // x-forwarded-host).
+        assert_eq!(got["host"], echo.to_string(), "{url}");
+        gw.shutdown().await;
+    }
 }

@@ -200,10 +200,10 @@ pub async fn prom_query(prom: SocketAddr, expr: &str) -> Result<Vec<serde_json::
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
-/// Serves every request on `listener` with `answer(path, body)` until the runtime ends.
+/// Serves every request on `listener` with `answer(head, body)` until the runtime ends.
 fn serve<F>(listener: TcpListener, answer: F)
 where
-    F: Fn(String, Bytes) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+    F: Fn(http::request::Parts, Bytes) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -211,12 +211,12 @@ where
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let answer = answer.clone();
                 async move {
-                    let path = req.uri().path().to_string();
-                    let body = match req.into_body().collect().await {
+                    let (head, body) = req.into_parts();
+                    let body = match body.collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => Bytes::new(),
                     };
-                    Ok::<_, Infallible>(answer(path, body))
+                    Ok::<_, Infallible>(answer(head, body))
                 }
             });
             tokio::spawn(
@@ -237,9 +237,9 @@ pub async fn webhook() -> Webhook {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    serve(listener, move |path, body| {
+    serve(listener, move |head, body| {
         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        let _ = tx.send((path, json));
+        let _ = tx.send((head.uri.path().to_string(), json));
         Response::new(Full::new(Bytes::new()))
     });
     Webhook { addr, rx }
@@ -261,14 +261,38 @@ DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-5fd4c4d4-0d1c-2a3b-9c55-6f0e0e2a1b11",pci_
 pub async fn fake_dcgm() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    serve(listener, |path, _| {
-        if path == "/metrics" {
+    serve(listener, |head, _| {
+        if head.uri.path() == "/metrics" {
             Response::new(Full::new(Bytes::from_static(DCGM_METRICS.as_bytes())))
         } else {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NOT_FOUND;
             r
         }
+    });
+    addr
+}
+
+/// A backend that answers every request with what reached it: `{"target": the request
+/// target, "host": its Host header, "data": [{"id": "tiny-llama"}]}` (the last so that model
+/// discovery finds a model).
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, |head, _| {
+        let host = head.headers.get(http::header::HOST);
+        let echo = serde_json::json!({
+            "target": head.uri.to_string(),
+            "host": host.and_then(|h| h.to_str().ok()),
+            "object": "list",
+            "data": [{"id": "tiny-llama", "object": "model"}],
+        });
+        let mut r = Response::new(Full::new(Bytes::from(echo.to_string())));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
     });
     addr
 }
