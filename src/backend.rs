@@ -144,7 +144,10 @@ impl Backend {
     pub fn target(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         match path_and_query {
             Some(pq) if self.prefix.is_empty() => Ok(Uri::from(pq.clone())),
-            _ => self.uri(path_and_query.map_or("/", PathAndQuery::as_str)),
+            _ => {
+                let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+                Ok(Uri::try_from(format!("{}{pq}", self.prefix))?)
+            }
         }
     }
 
