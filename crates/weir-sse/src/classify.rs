@@ -1,6 +1,8 @@
 //! Classification of one event's JSON (or a whole non-streamed body): what measurement
 //! needs from it, read without building a tree of the document: one UTF-8 check and one
-//! serde pass per event, strings borrowed, nothing allocated for a token event.
+//! pass per event, strings borrowed, nothing allocated for a token event. Chat and
+//! completions, read on every token, are read by [`crate::scan`], and by serde where it
+//! declines; the other APIs by serde.
 //!
 //! Each API served has its own module: [`Api::Chat`] and [`Api::Completions`] (OpenAI
 //! chunks, `[DONE]`), [`Api::Responses`] (OpenAI Responses: named events, no `[DONE]`) and
@@ -214,10 +216,20 @@ fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 
 /// Non-empty string, or non-empty array (tool calls) or object.
 fn non_empty(v: Option<&RawValue>) -> bool {
-    match v.map(RawValue::get) {
+    non_empty_text(v.map(RawValue::get))
+}
+
+/// [`non_empty`] of a value's text.
+fn non_empty_text(v: Option<&str>) -> bool {
+    match v {
         None | Some("null") | Some("\"\"") | Some("[]") => false,
         Some(s) => s.starts_with('"') || s.starts_with('[') || s.starts_with('{'),
     }
+}
+
+/// A value's text as serde_json's `RawValue` borrows it (`null`: `None`).
+fn raw<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'a str>, D::Error> {
+    Ok(Option::<&'a RawValue>::deserialize(d)?.map(RawValue::get))
 }
 
 /// The event's type: the data's `type` when it has one, else its `event:` name.

@@ -1,4 +1,5 @@
 mod captures;
+mod scan;
 
 use super::*;
 

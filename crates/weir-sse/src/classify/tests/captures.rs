@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::SseParser;
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(super) fn fixture(name: &str) -> Vec<u8> {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/vllm-0.32.0/"
