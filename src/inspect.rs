@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
+use weir_sse::scan::Scan;
 
 use crate::error::GatewayError;
 
@@ -29,7 +30,7 @@ pub struct Inspected {
 /// (pydantic, lax) read them: a key given twice counts with its last value (Python's `json`),
 /// an integer may come as a float without a fractional part or as a string of digits, and a
 /// field of the wrong type is left out rather than spoiling the others.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Head<'a> {
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
@@ -60,31 +61,61 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadVisitor<'a> {
     fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Head<'a>, M::Error> {
         let mut head = Head::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let field = match &*key {
-                "model"
+            if Head::reads(&key) {
+                head.set(&key, map.next_value::<&'de RawValue>()?.get());
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(head)
+    }
+}
+
+impl<'a> Head<'a> {
+    /// Whether a member of this name is read (its value is taken as its JSON text).
+    fn reads(key: &str) -> bool {
+        matches!(
+            key,
+            "model"
                 | "stream"
                 | "max_tokens"
                 | "max_completion_tokens"
                 | "max_output_tokens"
                 | "n"
-                | "stream_options" => map.next_value::<&'de RawValue>()?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            let raw = field.get();
-            match &*key {
-                "model" => head.model = serde_json::from_str::<Cow<'de, str>>(raw).ok(),
-                "stream" => head.stream = lax_bool(raw),
-                "max_tokens" => head.max_tokens = lax_int(raw),
-                "max_completion_tokens" => head.max_completion_tokens = lax_int(raw),
-                "max_output_tokens" => head.max_output_tokens = lax_int(raw),
-                "n" => head.n = lax_int(raw),
-                _ => head.stream_options = stream_options(raw),
-            }
+                | "stream_options"
+        )
+    }
+
+    /// Takes a member's value, its JSON text `raw`, as vLLM's request models read it.
+    fn set(&mut self, key: &str, raw: &'a str) {
+        match key {
+            "model" => self.model = serde_json::from_str::<Cow<'a, str>>(raw).ok(),
+            "stream" => self.stream = lax_bool(raw),
+            "max_tokens" => self.max_tokens = lax_int(raw),
+            "max_completion_tokens" => self.max_completion_tokens = lax_int(raw),
+            "max_output_tokens" => self.max_output_tokens = lax_int(raw),
+            "n" => self.n = lax_int(raw),
+            "stream_options" => self.stream_options = stream_options(raw),
+            _ => {}
         }
-        Ok(head)
+    }
+
+    /// The body read in one pass by [`weir_sse::scan`], members in order as serde's pass
+    /// takes them; `None` where that reader declines (serde reads the body then, and its
+    /// verdict stands: the two read alike, `tests::the_fast_reading_is_serdes`).
+    fn scan(text: &'a str) -> Option<Head<'a>> {
+        let mut head = Head::default();
+        let mut s = Scan::new(text);
+        s.object(0, |s, key| {
+            if Head::reads(key) {
+                head.set(key, s.raw(1)?);
+                Some(())
+            } else {
+                s.skip(1)
+            }
+        })?;
+        s.end()?;
+        Some(head)
     }
 }
 
@@ -126,7 +157,7 @@ pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
     let Ok(text) = std::str::from_utf8(&body) else {
         return Err(GatewayError::InvalidJson("the body is not UTF-8".into()));
     };
-    let head = match serde_json::from_str::<Head<'_>>(text) {
+    let head = match Head::scan(text).map_or_else(|| serde_json::from_str::<Head<'_>>(text), Ok) {
         Ok(h) => h,
         Err(e) => {
             if let Err(e) = serde_json::from_str::<IgnoredAny>(text) {
@@ -413,5 +444,89 @@ mod tests {
         );
         let again = inspect(i.body, true).unwrap();
         assert!(!again.strip_usage, "the rewritten body asks for usage");
+    }
+
+    /// Where the one-pass reader reads a body, serde's pass reads the same; it reads the
+    /// bodies clients send, and declines what it cannot be sure of.
+    fn agree(text: &str) -> bool {
+        let fast = Head::scan(text);
+        if let Some(f) = &fast {
+            assert_eq!(
+                Some(f),
+                serde_json::from_str::<Head<'_>>(text).ok().as_ref(),
+                "{text}"
+            );
+        }
+        fast.is_some()
+    }
+
+    #[test]
+    fn the_fast_reading_is_serdes() {
+        for text in [
+            r#"{"model":"tiny-llama","messages":[{"role":"user","content":"Hi \"there\"\n\u00e9"}],"max_tokens":32,"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","prompt":["a","b"],"max_tokens":8.0,"n":"2","temperature":0.7,"logit_bias":{"50256":-100}}"#,
+            r#"{"model":"a","stream":false,"model":"m","stream":true,"stream_options":null}"#,
+            r#" { "model" : ["x"] , "max_tokens" : 8.5 , "tools" : [ { "type" : "function" } ] } "#,
+            r#"{"input":[{"role":"user","content":[{"type":"input_text","text":"x"}]}],"max_output_tokens":11}"#,
+            "{}",
+        ] {
+            assert!(agree(text), "{text}");
+        }
+        let deep = format!("{{\"x\":{}1{}}}", "[".repeat(70), "]".repeat(70));
+        for text in [
+            // serde unescapes the key: this is `model`.
+            r#"{"mod\u0065l":"m"}"#,
+            r#"{"messages":[{"content":"\ud83d\ude00"}]}"#,
+            r#"["model"]"#,
+            r#"{"model":"m",}"#,
+            r#"{"model":"m"} x"#,
+            deep.as_str(),
+        ] {
+            assert!(!agree(text), "read: {text}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Request-shaped bodies with every read member given values of every kind, some
+        /// twice, and the same with a few bytes cut out.
+        #[test]
+        fn where_the_fast_reading_reads_it_reads_what_serde_reads(
+            members in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "model", "stream", "max_tokens", "max_completion_tokens",
+                        "max_output_tokens", "n", "stream_options", "messages", "x",
+                        "mod\\u0065l",
+                    ]),
+                    proptest::sample::select(vec![
+                        "null", "true", "false", "8", "-1", "8.0", "8.5", "1e3", "\"8\"",
+                        "\" 9 \"", "\"m\"", "\"m\\u00e9\"", "\"\\ud83d\\ude00\"", "[]",
+                        "{}", "{\"include_usage\":true}", "{\"include_usage\":\"x\"}",
+                        "[{\"role\":\"user\",\"content\":\"hi\"}]", "01", "tru",
+                    ]),
+                    proptest::sample::select(vec!["", " ", "\n"]),
+                ),
+                0..8,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            len in 0usize..3,
+        ) {
+            let text = format!(
+                "{{{}}}",
+                members
+                    .iter()
+                    .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            agree(&text);
+            let at = cut.index(text.len() + 1);
+            let end = (at + len).min(text.len());
+            let mut cut_text = text.clone();
+            cut_text.replace_range(at..end, "");
+            agree(&cut_text);
+        }
     }
 }
