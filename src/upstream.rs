@@ -47,7 +47,7 @@ mod conn;
 use conn::{Conn, Connection, Relay};
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -197,7 +197,9 @@ impl Upstream {
         loop {
             let (mut conn, reused) = match self.inner.checkout() {
                 Some(c) => (c, true),
-                None => (self.inner.connect().await?, false),
+                // Boxed: the connect and TLS handshake's state is large, and only a new
+                // connection needs it; every request's future would carry it otherwise.
+                None => (Box::pin(self.inner.connect()).await?, false),
             };
             // A pooled connection the backend closed just now (its keep-alive timeout) is
             // only found out by sending on it; the request goes again on another.
@@ -287,7 +289,7 @@ impl Inner {
     }
 
     /// The most recently used idle connection of this thread that is still open.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         loop {
             let idle = self.idle_here().lock().ok()?.pop()?;
             let mut conn = idle.conn;
@@ -298,7 +300,11 @@ impl Inner {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    /// A new connection, boxed: it is a pointer that moves with the response through every
+    /// layer, into the idle list and out again, not the connection's state (about a
+    /// kilobyte: hyper's buffers and dispatcher), and a request's future is not made the
+    /// connection's size.
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
         let connecting = async {
             match self.address {
                 Some(a) => TcpStream::connect(a).await,
@@ -330,17 +336,17 @@ impl Inner {
             Some(tls) => Box::pin(tls.connect(stream, deadline)).await?,
         };
         let relay = Arc::new(Relay::new());
-        Ok(Conn {
+        Ok(Box::new(Conn {
             send,
             conn,
             socket,
             done: false,
             waker: Waker::from(relay.clone()),
             relay,
-        })
+        }))
     }
 
-    fn checkin(self: &Arc<Self>, conn: Conn) {
+    fn checkin(self: &Arc<Self>, conn: Box<Conn>) {
         // The task that used it is done: its waker would keep its memory.
         drop(conn.relay.target.take());
         let Ok(mut idle) = self.idle_here().lock() else {
@@ -454,7 +460,7 @@ async fn reap(pool: Weak<Inner>) {
 /// connection goes back to the pool if it can carry another request.
 pub struct UpstreamIncoming {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Weak<Inner>,
     ended: bool,
 }

@@ -47,7 +47,9 @@ pub(super) async fn check(
         lease: fastrand::u64(..),
         lease_ttl: config.timeouts.total + std::time::Duration::from_secs(60),
     };
-    match state.limiter.admit(ask).await {
+    // Boxed: the store's round trip is only made for a limited tenant; every request's
+    // future would carry its state otherwise.
+    match Box::pin(state.limiter.admit(ask)).await {
         Decision::Admitted(ticket) => {
             ex.billing.headers = Some(ticket.headers);
             ex.billing.ticket = Some(ticket);
