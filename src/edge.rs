@@ -35,7 +35,7 @@ use crate::observe::{ObservedBody, UpstreamClose};
 use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds [`Record`] around a service.
 #[derive(Clone)]

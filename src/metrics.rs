@@ -75,7 +75,7 @@ struct Inner {
     f: Families,
     slo: crate::slo::Slo,
     tenants: crate::tenants::TenantMetrics,
-    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    series: RwLock<hashbrown::HashMap<SeriesKey, Arc<Series>>>,
     /// `weir_tls_handshake_errors_total{listener, reason}`.
     tls_handshake_errors: IntCounterVec,
     /// Each DNS backend's endpoints and whether each is up.
@@ -84,7 +84,21 @@ struct Inner {
     histogram_backend: bool,
 }
 
-type SeriesKey = (Arc<str>, Operation, Arc<str>);
+/// A series' labels: (model, operation, backend).
+#[derive(PartialEq, Eq, Hash)]
+struct SeriesKey(Arc<str>, Operation, Arc<str>);
+
+/// The same labels borrowed, to look a series up by: no `Arc` counts touched (their cache
+/// lines are every worker's) and no hash keyed against flooding (the labels are bounded:
+/// models known or `other`, backends configured).
+#[derive(Hash)]
+struct SeriesRef<'a>(&'a str, Operation, &'a str);
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, k: &SeriesKey) -> bool {
+        *k.0 == *self.0 && k.1 == self.1 && *k.2 == *self.2
+    }
+}
 
 /// The label-resolved series of one (model, operation, backend): looked up once per
 /// request so that per-token observations are a plain atomic update. Without `backend` on
@@ -287,7 +301,7 @@ impl Metrics {
             models: RwLock::new(Vec::new()),
             other: OTHER.into(),
             none: NO_BACKEND.into(),
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(hashbrown::HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
             histogram_backend,
         };
@@ -336,7 +350,7 @@ impl Metrics {
 
     /// The series of one (model, operation, backend), created on first use.
     pub fn series(&self, model: &Arc<str>, op: Operation, backend: &Arc<str>) -> Arc<Series> {
-        let key = (model.clone(), op, backend.clone());
+        let key = SeriesRef(model, op, backend);
         if let Some(s) = self
             .inner
             .series
@@ -367,7 +381,7 @@ impl Metrics {
         let shared = map
             .as_ref()
             .filter(|_| !hb)
-            .and_then(|m| m.iter().find(|(k, _)| k.0 == key.0 && k.1 == op))
+            .and_then(|m| m.iter().find(|(k, _)| *k.0 == *key.0 && k.1 == op))
             .map(|(_, s)| s.ex.clone());
         let ex = shared.unwrap_or_else(|| {
             Arc::new(SeriesExemplars::new(
@@ -397,7 +411,7 @@ impl Metrics {
             counts: std::array::from_fn(|_| OnceLock::new()),
         });
         if let Some(m) = map.as_mut() {
-            m.insert(key, s.clone());
+            m.insert(SeriesKey(model.clone(), op, backend.clone()), s.clone());
         }
         s
     }

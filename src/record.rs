@@ -60,7 +60,7 @@ impl Exchange {
         metrics.in_flight().inc();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(crate::edge::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();

@@ -8,6 +8,9 @@ use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 struct Headers<'a>(&'a HeaderMap);
 
 impl Extractor for Headers<'_> {
@@ -23,6 +26,11 @@ impl Extractor for Headers<'_> {
 /// The client's context: its `traceparent` and `tracestate` when the traceparent is valid,
 /// an empty context otherwise.
 pub(super) fn extract(headers: &HeaderMap) -> Context {
+    // Without a traceparent the propagator finds nothing (it reads tracestate only beside a
+    // valid one): most clients send none, and their requests skip its lookups by name.
+    if !headers.contains_key(TRACEPARENT) {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers))
 }
 
@@ -59,15 +67,15 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
         .and_then(|()| hex::encode_to_slice(cx.span_id().to_bytes(), &mut tp[36..52]))
         .and_then(|()| hex::encode_to_slice([cx.trace_flags().to_u8()], &mut tp[53..55]));
     if let (Ok(()), Ok(v)) = (hexed, HeaderValue::from_bytes(&tp)) {
-        headers.insert(HeaderName::from_static("traceparent"), v);
+        headers.insert(TRACEPARENT, v);
     }
     let state = cx.trace_state().header();
     match HeaderValue::from_str(&state) {
         Ok(v) if !state.is_empty() => {
-            headers.insert(HeaderName::from_static("tracestate"), v);
+            headers.insert(TRACESTATE, v);
         }
         _ => {
-            headers.remove("tracestate");
+            headers.remove(TRACESTATE);
         }
     }
 }
@@ -128,5 +136,13 @@ mod tests {
                 "a new trace drops the old state"
             );
         }
+
+        // A tracestate without a traceparent is no context: a new trace, no state passed on.
+        let t = untraced(None, Some("vendor=abc"));
+        assert_ne!(t.trace_id(), TraceId::INVALID);
+        let mut h = HeaderMap::new();
+        inject(&t.upstream, &mut h);
+        assert!(h["traceparent"].to_str().unwrap().ends_with("-01"));
+        assert!(!h.contains_key("tracestate"));
     }
 }
