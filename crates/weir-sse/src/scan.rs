@@ -204,40 +204,40 @@ impl<'a> Scan<'a> {
         depth: u32,
         mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.expect(b':')?;
-            member(self, key)?;
-            if self.eat(b'}') {
-                return Some(());
-            }
-            self.expect(b',')?;
-        }
+        self.items(depth, b'{', b'}', |s| {
+            let key = s.string()?;
+            s.expect(b':')?;
+            member(s, key)
+        })
     }
 
     /// An array: `element` is called at each element and must consume it.
     pub fn array(
         &mut self,
         depth: u32,
-        mut element: impl FnMut(&mut Self) -> Option<()>,
+        element: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.items(depth, b'[', b']', element)
+    }
+
+    /// `open`, items separated by commas (none after the last), `close`.
+    fn items(
+        &mut self,
+        depth: u32,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
         if depth >= MAX_DEPTH {
             return None;
         }
-        self.expect(b'[')?;
-        if self.eat(b']') {
+        self.expect(open)?;
+        if self.eat(close) {
             return Some(());
         }
         loop {
-            element(self)?;
-            if self.eat(b']') {
+            item(self)?;
+            if self.eat(close) {
                 return Some(());
             }
             self.expect(b',')?;
