@@ -1,11 +1,12 @@
 //! A one-pass JSON reader for the shapes read on every token and every short request (chat
-//! and completions events and bodies, request bodies): the caller takes the few members it needs and skips
-//! the rest, and every step declines (`None`) where the reader is not certain that serde's
-//! typed parse would read the text the same way: a key with an escape, a `\u` escape of a
-//! surrogate, a number of a typed field that is not a plain integer in range, a member given
-//! twice, nesting deeper than [`MAX_DEPTH`], and anything that is not JSON. The caller then
-//! reads the text with serde, whose verdict stands. What is read never differs from serde's
-//! reading (the classifier's tests hold the two to each other); only its cost does.
+//! and completions events and bodies, request bodies): the caller takes the few members it
+//! needs and skips the rest, and every step declines (`None`) where the reader is not
+//! certain that serde's typed parse would read the text the same way: a key with an escape,
+//! a `\u` escape of a surrogate, a number of a typed field that is not a plain integer in
+//! range, a member given twice, nesting deeper than [`MAX_DEPTH`], and anything that is not
+//! JSON. The caller then reads the text with serde, whose verdict stands. What is read never
+//! differs from serde's reading (the classifier's and the gateway's inspection tests hold
+//! the two to each other); only its cost does.
 
 /// Deeper than this, the reader declines (serde_json's own limit is 128).
 pub const MAX_DEPTH: u32 = 64;
@@ -17,6 +18,7 @@ pub struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    /// A reader at the start of `text` (already known to be UTF-8: it is a `str`).
     pub fn new(text: &'a str) -> Self {
         Scan { text, at: 0 }
     }

@@ -1,8 +1,9 @@
 //! Chat and completions: OpenAI chunks (`choices[].delta`, `choices[].text`), the final
 //! usage chunk, `{"error": ...}` and `[DONE]`; bodies with `choices[].message`.
 //!
-//! Each is read by [`crate::scan`] first (one pass, the members needed taken, the rest checked and
-//! skipped), and by serde's typed parse where that declines; the two read alike (tests).
+//! Each is read by [`crate::scan`] first (one pass, the members needed taken, the rest
+//! checked and skipped), and by serde's typed parse where that declines; the two read alike
+//! (`tests/scan.rs`).
 
 use std::borrow::Cow;
 
