@@ -106,12 +106,12 @@ impl<'a> Head<'a> {
     fn scan(text: &'a str) -> Option<Head<'a>> {
         let mut head = Head::default();
         let mut s = Scan::new(text);
-        s.object(0, |s, key| {
+        s.object(|s, key| {
             if Head::reads(key) {
-                head.set(key, s.raw(1)?);
+                head.set(key, s.raw()?);
                 Some(())
             } else {
-                s.skip(1)
+                s.skip()
             }
         })?;
         s.end()?;

@@ -15,12 +15,18 @@ pub const MAX_DEPTH: u32 = 64;
 pub struct Scan<'a> {
     text: &'a str,
     at: usize,
+    /// Objects and arrays open around `at`.
+    depth: u32,
 }
 
 impl<'a> Scan<'a> {
     /// A reader at the start of `text` (already known to be UTF-8: it is a `str`).
     pub fn new(text: &'a str) -> Self {
-        Scan { text, at: 0 }
+        Scan {
+            text,
+            at: 0,
+            depth: 0,
+        }
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -179,12 +185,12 @@ impl<'a> Scan<'a> {
     }
 
     /// Any value, checked.
-    pub fn skip(&mut self, depth: u32) -> Option<()> {
+    pub fn skip(&mut self) -> Option<()> {
         self.ws();
         match self.peek()? {
             b'"' => self.skip_string(),
-            b'{' => self.object(depth, |s, _| s.skip(depth + 1)),
-            b'[' => self.array(depth, |s| s.skip(depth + 1)),
+            b'{' => self.object(|s, _| s.skip()),
+            b'[' => self.array(Scan::skip),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -193,20 +199,19 @@ impl<'a> Scan<'a> {
     }
 
     /// Any value, checked, as its text (what serde's `RawValue` borrows).
-    pub fn raw(&mut self, depth: u32) -> Option<&'a str> {
+    pub fn raw(&mut self) -> Option<&'a str> {
         self.ws();
         let start = self.at;
-        self.skip(depth)?;
+        self.skip()?;
         self.text.get(start..self.at)
     }
 
     /// An object: `member` is called with each key, at its value, and must consume it.
     pub fn object(
         &mut self,
-        depth: u32,
         mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        self.items(depth, b'{', b'}', |s| {
+        self.items(b'{', b'}', |s| {
             let key = s.string()?;
             s.expect(b':')?;
             member(s, key)
@@ -214,36 +219,34 @@ impl<'a> Scan<'a> {
     }
 
     /// An array: `element` is called at each element and must consume it.
-    pub fn array(
-        &mut self,
-        depth: u32,
-        element: impl FnMut(&mut Self) -> Option<()>,
-    ) -> Option<()> {
-        self.items(depth, b'[', b']', element)
+    pub fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.items(b'[', b']', element)
     }
 
-    /// `open`, items separated by commas (none after the last), `close`.
+    /// `open`, items separated by commas (none after the last), `close`; one level deeper
+    /// while inside.
     fn items(
         &mut self,
-        depth: u32,
         open: u8,
         close: u8,
         mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
-        if depth >= MAX_DEPTH {
+        if self.depth >= MAX_DEPTH {
             return None;
         }
         self.expect(open)?;
-        if self.eat(close) {
-            return Some(());
-        }
-        loop {
-            item(self)?;
-            if self.eat(close) {
-                return Some(());
+        self.depth += 1;
+        if !self.eat(close) {
+            loop {
+                item(self)?;
+                if self.eat(close) {
+                    break;
+                }
+                self.expect(b',')?;
             }
-            self.expect(b',')?;
         }
+        self.depth -= 1;
+        Some(())
     }
 }
 

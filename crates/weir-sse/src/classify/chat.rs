@@ -205,6 +205,11 @@ fn nullable<'a, T>(
     }
 }
 
+/// A string member kept as it is (`borrowed`'s reading).
+fn kept<'a>(s: &mut Scan<'a>) -> Option<Cow<'a, str>> {
+    s.string().map(Cow::Borrowed)
+}
+
 /// The fast reading of a chunk ([`crate::scan`]); `None` where serde is to read it.
 fn scan(text: &str) -> Option<Chunk<'_>> {
     let mut s = Scan::new(text);
@@ -216,21 +221,21 @@ fn scan(text: &str) -> Option<Chunk<'_>> {
         system_fingerprint: None,
     };
     let mut seen = 0;
-    s.object(0, |s, key| {
+    s.object(|s, key| {
         let k = match key {
             "model" => 0,
             "choices" => 1,
             "usage" => 2,
             "error" => 3,
             "system_fingerprint" => 4,
-            _ => return s.skip(1),
+            _ => return s.skip(),
         };
         match first(&mut seen, k)? {
-            0 => c.model = nullable(s, |s| s.string().map(Cow::Borrowed))?,
+            0 => c.model = nullable(s, kept)?,
             1 => c.choices = nullable(s, choices)?,
             2 => c.usage = nullable(s, usage)?,
-            3 => c.error = nullable(s, |s| s.skip(1).map(|()| IgnoredAny))?,
-            _ => c.system_fingerprint = nullable(s, |s| s.string().map(Cow::Borrowed))?,
+            3 => c.error = nullable(s, |s| s.skip().map(|()| IgnoredAny))?,
+            _ => c.system_fingerprint = nullable(s, kept)?,
         }
         Some(())
     })?;
@@ -240,7 +245,7 @@ fn scan(text: &str) -> Option<Chunk<'_>> {
 
 fn choices<'a>(s: &mut Scan<'a>) -> Option<Choices<'a>> {
     let mut out = Choices::default();
-    s.array(1, |s| choice(s).map(|c| out.add(c)))?;
+    s.array(|s| choice(s).map(|c| out.add(c)))?;
     Some(out)
 }
 
@@ -253,21 +258,21 @@ fn choice<'a>(s: &mut Scan<'a>) -> Option<Choice<'a>> {
         finish_reason: None,
     };
     let mut seen = 0;
-    s.object(2, |s, key| {
+    s.object(|s, key| {
         let k = match key {
             "index" => 0,
             "delta" => 1,
             "message" => 2,
             "text" => 3,
             "finish_reason" => 4,
-            _ => return s.skip(3),
+            _ => return s.skip(),
         };
         match first(&mut seen, k)? {
             0 => c.index = u32::try_from(s.u64()?).ok()?,
             1 => c.delta = nullable(s, delta)?,
             2 => c.message = nullable(s, delta)?,
-            3 => c.text = nullable(s, |s| s.raw(3))?,
-            _ => c.finish_reason = nullable(s, |s| s.string().map(Cow::Borrowed))?,
+            3 => c.text = nullable(s, Scan::raw)?,
+            _ => c.finish_reason = nullable(s, kept)?,
         }
         Some(())
     })?;
@@ -282,16 +287,16 @@ fn delta<'a>(s: &mut Scan<'a>) -> Option<Delta<'a>> {
         tool_calls: None,
     };
     let mut seen = 0;
-    s.object(3, |s, key| {
+    s.object(|s, key| {
         let k = match key {
             "content" => 0,
             "reasoning" => 1,
             "reasoning_content" => 2,
             "tool_calls" => 3,
-            _ => return s.skip(4),
+            _ => return s.skip(),
         };
         first(&mut seen, k)?;
-        let v = nullable(s, |s| s.raw(4))?;
+        let v = nullable(s, Scan::raw)?;
         match k {
             0 => d.content = v,
             1 => d.reasoning = v,
@@ -311,13 +316,13 @@ fn usage(s: &mut Scan<'_>) -> Option<ChatUsage> {
         completion_tokens_details: None,
     };
     let mut seen = 0;
-    s.object(1, |s, key| {
+    s.object(|s, key| {
         let k = match key {
             "prompt_tokens" => 0,
             "completion_tokens" => 1,
             "prompt_tokens_details" => 2,
             "completion_tokens_details" => 3,
-            _ => return s.skip(2),
+            _ => return s.skip(),
         };
         match first(&mut seen, k)? {
             0 => u.prompt_tokens = s.u64()?,
@@ -343,9 +348,9 @@ fn usage(s: &mut Scan<'_>) -> Option<ChatUsage> {
 fn detail(s: &mut Scan<'_>, name: &str) -> Option<Option<u64>> {
     let mut count = None;
     let mut seen = 0;
-    s.object(2, |s, key| {
+    s.object(|s, key| {
         if key != name {
-            return s.skip(3);
+            return s.skip();
         }
         first(&mut seen, 0)?;
         count = nullable(s, Scan::u64)?;
