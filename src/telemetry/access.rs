@@ -4,7 +4,9 @@
 //! one struct instead of field by field through `tracing`'s visitors: a quarter of the
 //! instructions for a line of some 25 fields.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use std::io::IsTerminal as _;
@@ -96,12 +98,79 @@ impl AccessLine<'_> {
 /// The line as one JSON object.
 impl fmt::Display for AccessLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Into a buffer sized for a whole line: serde_json's own `to_string` starts small
-        // and grows (and copies) it several times per request.
-        let mut json = Vec::with_capacity(LINE_CAPACITY);
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        self.write_json(&mut json, now);
-        f.write_str(std::str::from_utf8(&json).map_err(|_| fmt::Error)?)
+        // Into this thread's buffer, sized for a whole line and kept from line to line:
+        // serde_json's own `to_string` starts small and grows (and copies) it several times
+        // per request.
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_CAPACITY));
+        }
+        let stamp = rfc3339_micros(SystemTime::now());
+        LINE.with(|buffer| {
+            let mut fresh = Vec::new();
+            let mut kept = buffer.try_borrow_mut();
+            let json = match kept.as_deref_mut() {
+                Ok(json) => json,
+                Err(_) => &mut fresh,
+            };
+            json.clear();
+            self.write_json(json, stamp.as_str());
+            let written = f.write_str(std::str::from_utf8(json).map_err(|_| fmt::Error)?);
+            if json.capacity() > MAX_KEPT_CAPACITY {
+                *json = Vec::with_capacity(LINE_CAPACITY);
+            }
+            written
+        })
+    }
+}
+
+/// `time` in RFC 3339 with microseconds, as `humantime::format_rfc3339_micros` writes it
+/// (`2026-12-03T10:04:30.123456Z`); the date and the time to the second are formatted once a
+/// second on each thread, the microseconds each time.
+fn rfc3339_micros(time: SystemTime) -> Stamp {
+    thread_local! {
+        /// The second last formatted here, and its text up to the seconds' digits.
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let whole = || Stamp::Other(humantime::format_rfc3339_micros(time).to_string());
+    let Ok(since) = time.duration_since(UNIX_EPOCH) else {
+        return whole();
+    };
+    let secs = since.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+        let text = text.to_string();
+        // `YYYY-MM-DDTHH:MM:SSZ`; any other form (a year past 9999) is written whole.
+        let Some(text) = text.as_bytes().get(..19).filter(|_| text.len() == 20) else {
+            return whole();
+        };
+        prefix.copy_from_slice(text);
+        SECOND.set((secs, prefix));
+    }
+    let mut out = [0u8; 27];
+    out[..19].copy_from_slice(&prefix);
+    out[19] = b'.';
+    let micros = since.subsec_micros();
+    for (i, div) in [100_000, 10_000, 1_000, 100, 10, 1].into_iter().enumerate() {
+        out[20 + i] = b'0' + (micros / div % 10) as u8;
+    }
+    out[26] = b'Z';
+    Stamp::Micros(out)
+}
+
+/// A timestamp's text.
+enum Stamp {
+    /// The usual form, ASCII.
+    Micros([u8; 27]),
+    Other(String),
+}
+
+impl Stamp {
+    fn as_str(&self) -> &str {
+        match self {
+            Stamp::Micros(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Stamp::Other(s) => s,
+        }
     }
 }
 
@@ -120,10 +189,9 @@ impl AccessLine<'_> {
     /// its escaping serializer and each value through a map's machinery: some 11k
     /// instructions per line, about a third of it that way). The tests hold it to the
     /// derived serialization byte for byte.
-    fn write_json(&self, out: &mut Vec<u8>, timestamp: impl fmt::Display) {
-        use std::io::Write as _;
+    fn write_json(&self, out: &mut Vec<u8>, timestamp: &str) {
         out.extend_from_slice(b"{\"timestamp\":\"");
-        let _ = write!(out, "{timestamp}");
+        out.extend_from_slice(timestamp.as_bytes());
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request finished\"");
         let mut w = Fields(out);
         w.text(key!("trace_id"), self.trace_id);
@@ -229,6 +297,9 @@ fn needs_escape(s: &[u8]) -> bool {
 
 /// Room for a typical access line (about 700 bytes) without growing.
 const LINE_CAPACITY: usize = 1024;
+
+/// A thread's line buffer grown past this (by a line with a long error text) is not kept.
+const MAX_KEPT_CAPACITY: usize = 64 * 1024;
 
 /// The log format: JSON lines, with the access line written as it was serialized, or
 /// readable lines (the access line's fields as `key=value`).
@@ -641,6 +712,34 @@ mod tests {
                 "{b:#x}"
             );
             assert_eq!(needs_escape(&[b]), b < 0x20 || b == b'"' || b == b'\\');
+        }
+    }
+
+    #[test]
+    fn the_timestamp_is_humantimes() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let times = [
+            at(0, 0),
+            at(1_796_280_662, 999_999_999),
+            at(1_796_280_662, 1_000),
+            // The same second again (its text kept), then the next, then an earlier one.
+            at(1_796_280_662, 123_456_789),
+            at(1_796_280_663, 7),
+            at(951_782_400, 500_000_000),
+            at(253_402_300_799, 999_999_000),
+            // Past year 9999 and before 1970: humantime's own text.
+            at(253_402_300_800, 0),
+            UNIX_EPOCH - Duration::from_secs(1),
+        ];
+        for t in times {
+            let hand = std::panic::catch_unwind(|| rfc3339_micros(t).as_str().to_owned());
+            let theirs =
+                std::panic::catch_unwind(|| humantime::format_rfc3339_micros(t).to_string());
+            match (hand, theirs) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{t:?}"),
+                (a, b) => assert_eq!(a.is_ok(), b.is_ok(), "{t:?}: {a:?} / {b:?}"),
+            }
         }
     }
 

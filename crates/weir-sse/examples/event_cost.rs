@@ -9,11 +9,12 @@
 //! Modes: `classify` (the events' data, already split), `event` (the same through
 //! `classify_event(Api::Chat, ..)`), `parse` (the parser alone, the whole capture in one
 //! chunk) and `both` (parser and classifier, as the gateway runs them); `responses` and
-//! `messages` run parser and classifier on those APIs' captures instead.
+//! `messages` run parser and classifier on those APIs' captures instead; `body` reads the
+//! non-streamed chat capture (`classify_body`) once per iteration.
 
 use std::hint::black_box;
 
-use weir_sse::{Api, SseParser, classify, classify_event};
+use weir_sse::{Api, SseParser, classify, classify_body, classify_event};
 
 const CAPTURES: [&str; 5] = [
     "chat_stream_usage.sse",
@@ -44,6 +45,7 @@ fn main() {
     for s in &streams {
         SseParser::default().feed(s, |e| events.push(e.data.to_vec()));
     }
+    let body = std::fs::read(format!("{dir}chat_nonstream.json")).expect("capture");
     let mut seen = 0usize;
     for _ in 0..iterations {
         match mode.as_str() {
@@ -58,6 +60,10 @@ fn main() {
                     let info = classify_event(Api::Chat, None, black_box(e));
                     seen += usize::from(black_box(&info).content);
                 }
+            }
+            "body" => {
+                let info = classify_body(Api::Chat, black_box(&body));
+                seen += usize::from(black_box(&info).content);
             }
             "responses" | "messages" => {
                 for s in &streams {
