@@ -5,8 +5,8 @@
 //! 2. `RecordLayer` (`edge.rs`) — keeps the client's `x-request-id` or makes one, and
 //!    returns it on the response; every request's record starts here, with the config it
 //!    works with to the end, and is recorded exactly once however the request ends;
-//! 3. `CatchPanicLayer` — a panic below becomes an OpenAI-shaped 500 that the edge records
-//!    as `internal_error`, not a dropped connection;
+//! 3. `CatchPanic` — a panic below becomes an OpenAI-shaped 500 that the edge records as
+//!    `internal_error`, not a dropped connection;
 //! 4. `GateLayer<Admission>` (`gate.rs`) — connection, head-size, in-flight and body-size
 //!    limits;
 //! 5. `GateLayer<ApiKeys>` — API keys (when configured): 401, or the request's tenant;
@@ -15,32 +15,35 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
-use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::edge::{EdgeBody, RecordLayer};
+use crate::edge::{EdgeBody, Record, RecordLayer};
 use crate::error::GatewayError;
-use crate::gate::{Admission, ApiKeys, GateLayer};
+use crate::gate::{Admission, ApiKeys, Gate, GateLayer};
 use crate::observe::ObservedBody;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ResponseBody};
 use crate::record::Exchange;
 use crate::state::AppState;
 
 /// The body the client receives: every response observed.
 pub type ProxyBody = ObservedBody<EdgeBody, Box<Exchange>>;
 
-/// The whole stack, type-erased once.
-pub type AppService = BoxCloneService<Request<Incoming>, Response<ProxyBody>, Infallible>;
+/// The whole stack around an innermost service `S`, served as it is: no box around it or
+/// around its futures, and no allocation when a connection's copy is made for a request.
+pub type Stack<S> = CloseWhenDraining<Record<CatchPanic<Gate<Gate<S, ApiKeys>, Admission>>>>;
+
+/// The proxy listener's stack.
+pub type AppService = Stack<Proxy>;
 
 /// Builds the proxy listener's service stack.
 pub fn service(state: Arc<AppState>) -> AppService {
@@ -49,26 +52,19 @@ pub fn service(state: Arc<AppState>) -> AppService {
 
 /// The same stack around another innermost service (the tests put one in front of the
 /// proxy that panics on a path of their choosing).
-pub fn service_with<S, B>(state: Arc<AppState>, inner: S) -> AppService
+pub fn service_with<S>(state: Arc<AppState>, inner: S) -> Stack<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower_http::BoxError>,
+    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>,
 {
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(CloseWhenDrainingLayer(state.clone()))
         .layer(RecordLayer::new(state.clone()))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer_fn(|inner| CatchPanic { inner })
         .layer(GateLayer::new(Admission {
             metrics: state.metrics.clone(),
         }))
         .layer(GateLayer::new(ApiKeys))
-        .service(inner);
-    BoxCloneService::new(stack)
+        .service(inner)
 }
 
 /// While the gateway drains (`shutdown_delay`), the response to an HTTP/1 request carries
@@ -90,7 +86,7 @@ impl<S> tower::Layer<S> for CloseWhenDrainingLayer {
 }
 
 #[derive(Clone)]
-struct CloseWhenDraining<S> {
+pub struct CloseWhenDraining<S> {
     inner: S,
     state: Arc<AppState>,
 }
@@ -120,7 +116,7 @@ where
 
 pin_project! {
     /// The inner service's future, and whether its response closes the connection.
-    struct CloseWhenDrainingFuture<F> {
+    pub struct CloseWhenDrainingFuture<F> {
         #[pin]
         inner: F,
         close: bool,
@@ -141,6 +137,67 @@ where
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+/// Catches a panic of the service below, in its `call` or while its future is polled, and
+/// answers it with [`panic_response`]. The response's body stays the service's own type (a
+/// panic's answer is its `Full` side), so nothing is boxed per request.
+#[derive(Clone)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S, B, A> Service<Request<B>> for CatchPanic<S>
+where
+    S: Service<Request<B>, Response = Response<Either<A, Full<Bytes>>>, Error = Infallible>,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = CatchPanicFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(inner) => CatchPanicFuture::Inner { inner },
+            Err(payload) => CatchPanicFuture::Panicked {
+                payload: Some(payload),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The inner future, or a panic of the inner service's `call` to answer.
+    #[project = CatchPanicProj]
+    pub enum CatchPanicFuture<F> {
+        Inner { #[pin] inner: F },
+        Panicked { payload: Option<Box<dyn Any + Send + 'static>> },
+    }
+}
+
+impl<F, A> Future for CatchPanicFuture<F>
+where
+    F: Future<Output = Result<Response<Either<A, Full<Bytes>>>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let payload = match self.project() {
+            CatchPanicProj::Inner { inner } => {
+                match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(polled) => return polled,
+                    Err(payload) => payload,
+                }
+            }
+            CatchPanicProj::Panicked { payload } => payload
+                .take()
+                .unwrap_or_else(|| Box::new("polled again after a panic")),
+        };
+        Poll::Ready(Ok(panic_response(payload).map(Either::Right)))
     }
 }
 

@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -31,7 +30,8 @@ use tower::{Layer, Service};
 use crate::error::Answer;
 use crate::forward::RandomRequestId;
 use crate::labels::Api;
-use crate::observe::{ObservedBody, UpstreamClose};
+use crate::observe::{Close, ObservedBody};
+use crate::proxy::ResponseBody;
 use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
 
@@ -59,13 +59,9 @@ impl<S> Layer<S> for RecordLayer {
     }
 }
 
-/// The body of what the stack below the edge answers (boxed once per response, by the
-/// panic layer).
-pub type HandlerBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
-
-/// What the edge hands on: the stack's answer, or the gateway's own error re-shaped for
-/// the request's API.
-pub type EdgeBody = Either<HandlerBody, Full<Bytes>>;
+/// What the edge hands on, of the same type as what the stack below it answers: a backend's
+/// body, or the gateway's own answer (its error re-shaped here for the request's API).
+pub type EdgeBody = ResponseBody;
 
 /// Records every request that passes through it.
 #[derive(Clone)]
@@ -76,7 +72,7 @@ pub struct Record<S> {
 
 impl<S, B> Service<Request<B>> for Record<S>
 where
-    S: Service<Request<B>, Response = Response<HandlerBody>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<EdgeBody>, Error = Infallible>,
 {
     type Response = Response<ObservedBody<EdgeBody, Box<Exchange>>>;
     type Error = Infallible;
@@ -137,7 +133,7 @@ pin_project! {
 
 impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<HandlerBody>, Infallible>>,
+    F: Future<Output = Result<Response<EdgeBody>, Infallible>>,
 {
     type Output = Result<Response<ObservedBody<EdgeBody, Box<Exchange>>>, Infallible>;
 
@@ -146,8 +142,7 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Pending;
         };
-        let Ok(res) = ready!(inner.poll(cx));
-        let mut res = res.map(Either::Left);
+        let Ok(mut res) = ready!(inner.poll(cx));
         this.inner.set(None);
         if let Some(id) = this.request_id.take() {
             if !res.headers().contains_key(X_REQUEST_ID) {
@@ -169,7 +164,11 @@ where
             }
             ex.answered(answer);
         }
-        let close = res.extensions_mut().remove::<UpstreamClose>().map(|c| c.0);
+        // How to close the backend's connection, for the total deadline.
+        let close = match res.body() {
+            Either::Left(upstream) => upstream.closer().map(|c| Arc::new(c) as Close),
+            Either::Right(_) => None,
+        };
         let status = res.status();
         ex.watch.status = status;
         let nothing_to_send = *this.head

@@ -65,12 +65,14 @@ pub struct Gate<S, C> {
     check: C,
 }
 
-impl<S, C, B, RB> Service<Request<B>> for Gate<S, C>
+/// A refusal's body is the inner service's own `Either`'s right side: the gates add no
+/// layer of body around what they pass on.
+impl<S, C, B, A> Service<Request<B>> for Gate<S, C>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<Either<A, Full<Bytes>>>>,
     C: Check,
 {
-    type Response = Response<Either<RB, Full<Bytes>>>;
+    type Response = S::Response;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -104,15 +106,15 @@ pin_project! {
     }
 }
 
-impl<F, RB, E> Future for ResponseFuture<F>
+impl<F, A, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<RB>, E>>,
+    F: Future<Output = Result<Response<Either<A, Full<Bytes>>>, E>>,
 {
-    type Output = Result<Response<Either<RB, Full<Bytes>>>, E>;
+    type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::Inner { fut } => fut.poll(cx).map(|r| r.map(|res| res.map(Either::Left))),
+            Proj::Inner { fut } => fut.poll(cx),
             Proj::Refused { response } => {
                 let res = response
                     .take()

@@ -37,10 +37,13 @@ pub async fn start(config: Config) -> std::io::Result<Gateway> {
 
 /// As [`start`], with the proxy listener's stack built by `stack` (the tests use
 /// [`app::service_with`] to put a service of their own inside it).
-pub async fn start_with(
+pub async fn start_with<S>(
     config: Config,
-    stack: impl FnOnce(Arc<AppState>) -> app::AppService,
-) -> std::io::Result<Gateway> {
+    stack: impl FnOnce(Arc<AppState>) -> app::Stack<S>,
+) -> std::io::Result<Gateway>
+where
+    app::Stack<S>: server::Served<app::ProxyBody>,
+{
     // One thread per core, or the runtime this runs on.
     let workers = match config.scheduler {
         Scheduler::Shared => 1,

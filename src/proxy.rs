@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientAddr};
 use crate::inspect::{Inspected, inspect};
-use crate::observe::{MAX_CHOICES, UpstreamClose};
+use crate::observe::MAX_CHOICES;
 use crate::record::{Exchange, Ledger};
 use crate::state::{AppState, Shared};
 use crate::upstream::UpstreamIncoming;
@@ -167,9 +167,6 @@ async fn forward_request(
         });
     }
     let (mut head, body) = res.into_parts();
-    if let Some(close) = body.closer() {
-        head.extensions.insert(UpstreamClose(Arc::new(close)));
-    }
     forward::strip_hop_by_hop(&mut head.headers);
     if ex.watch.strip_usage {
         head.headers.remove(header::CONTENT_LENGTH);

@@ -16,11 +16,6 @@ use tokio::time::{Instant, Sleep};
 /// Closes a response's upstream connection.
 pub type Close = Arc<dyn Fn() + Send + Sync>;
 
-/// A response extension: how to close the connection its body comes on (set by the proxy,
-/// taken by the edge for the observer).
-#[derive(Clone)]
-pub struct UpstreamClose(pub Close);
-
 /// What the timer's waker does: close the upstream, once, unless disarmed first.
 struct Cell {
     close: Mutex<Option<Close>>,

@@ -21,7 +21,8 @@ use weir::gateway;
 use weir::proxy::{Proxy, ResponseBody};
 use weir_sim::SimConfig;
 
-/// The proxy, but a request with `x-test-panic` panics on its way (a fault for the test).
+/// The proxy, but a request with `x-test-panic` panics on its way (a fault for the test):
+/// in the service's `call` itself when the header says `call`, else in its future.
 #[derive(Clone)]
 struct PanicOnPath(Proxy);
 
@@ -35,11 +36,53 @@ impl tower::Service<Request<Incoming>> for PanicOnPath {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        if req.headers().contains_key("x-test-panic") {
-            return Box::pin(async { panic!("the test's fault") });
+        match req.headers().get("x-test-panic").map(|v| v.as_bytes()) {
+            Some(b"call") => panic!("the test's fault, at once"),
+            Some(_) => return Box::pin(async { panic!("the test's fault") }),
+            None => {}
         }
         self.0.call(req)
     }
+}
+
+/// A panic in the innermost service's `call` (not in its future) is answered and recorded
+/// like one in its future.
+#[tokio::test]
+async fn a_panic_in_the_services_call_is_answered_and_recorded() {
+    let log = AccessLog::capture();
+    let sim = start_sim(SimConfig::fast()).await;
+    let gw = gateway::start_with(gateway_config(&[sim]), |state| {
+        weir::app::service_with(state.clone(), PanicOnPath(Proxy::new(state)))
+    })
+    .await
+    .unwrap();
+    let client = client();
+    let mut req = post(gw.addr, "/v1/chat/completions", &chat(false, 2));
+    req.headers_mut()
+        .insert("x-test-panic", "call".parse().unwrap());
+    req.headers_mut()
+        .insert("x-request-id", "panics-at-once".parse().unwrap());
+    let (status, _, body) = send(&client, req).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], 500, "OpenAI-shaped");
+    // The connection serves on.
+    let (status, _, _) = send(
+        &client,
+        post(gw.addr, "/v1/chat/completions", &chat(false, 2)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let m = wait_for_metrics(gw.admin_addr, "two requests", |m| {
+        sum(m, "weir_requests_total", &[]) == Some(2.0)
+    })
+    .await;
+    assert_eq!(value(&m, "weir_errors_total", &[("kind", "internal")]), 1.0);
+    let lines = log.of("panics-at-once");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "internal_error");
+    assert_eq!(lines[0]["reason"], "panic");
+    assert!(lines[0]["error"].as_str().unwrap().contains("at once"));
 }
 
 /// A request of trace `n` with request id `id`.
