@@ -11,7 +11,8 @@
 //! - the client leaves before the response head: recorded `cancelled` with status 499
 //!   (nothing was sent), with whatever the stack had learnt by then.
 //!
-//! The record travels in the request's extensions as a [`Ledger`]; a layer that takes the
+//! The record travels in the request's extensions as a [`Ledger`], in one [`Edge`] with
+//! the config the request works with; a layer that takes the
 //! exchange out puts it back before it returns or when it is dropped.
 
 use std::convert::Infallible;
@@ -36,6 +37,14 @@ use crate::record::{Exchange, Ledger};
 use crate::state::AppState;
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the edge puts on a request for the layers below: its record and the config it
+/// works with to the end (one extension: one allocation and one lookup for both).
+#[derive(Clone)]
+pub struct Edge {
+    pub ledger: Ledger,
+    pub shared: Arc<crate::state::Shared>,
+}
 
 /// Adds [`Record`] around a service.
 #[derive(Clone)]
@@ -97,8 +106,10 @@ where
         let shared = self.state.current();
         let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, t0));
         let head = req.method() == Method::HEAD;
-        req.extensions_mut().insert(ledger.clone());
-        req.extensions_mut().insert(shared);
+        req.extensions_mut().insert(Edge {
+            ledger: ledger.clone(),
+            shared,
+        });
         ResponseFuture {
             inner: Some(self.inner.call(req)),
             ledger: Some(ledger),

@@ -12,9 +12,9 @@
 //!
 //! [`Answer`]: crate::error::Answer
 
+use crate::edge::Edge;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,7 +26,6 @@ use tower::{Layer, Service};
 use crate::error::GatewayError;
 use crate::labels::Api;
 use crate::metrics::Metrics;
-use crate::record::Ledger;
 use crate::server::OverConnectionLimit;
 use crate::state::Shared;
 
@@ -81,7 +80,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let verdict = match req.extensions().get::<Arc<Shared>>().cloned() {
+        let verdict = match req.extensions().get::<Edge>().map(|e| e.shared.clone()) {
             Some(shared) => self.check.check(&mut req, &shared),
             // Only the edge puts the state in: a stack assembled without it is a bug.
             None => Err(GatewayError::Internal),
@@ -191,8 +190,8 @@ impl Check for ApiKeys {
             .ok_or(GatewayError::Unauthorized)?;
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove("x-api-key");
-        if let Some(ledger) = req.extensions().get::<Ledger>() {
-            ledger.with(|ex| ex.tenant = Some(tenant));
+        if let Some(edge) = req.extensions().get::<Edge>() {
+            edge.ledger.with(|ex| ex.tenant = Some(tenant));
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ mod upstream_call;
 
 use crate::budget::Reservation;
 use crate::config::Config;
+use crate::edge::Edge;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientAddr};
 use crate::inspect::{Inspected, inspect};
@@ -91,13 +92,10 @@ impl DerefMut for Held {
     }
 }
 
-async fn proxy(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let ext = req.extensions();
-    let (Some(ledger), Some(shared)) = (
-        ext.get::<Ledger>().cloned(),
-        ext.get::<Arc<Shared>>().cloned(),
-    ) else {
-        // Only the edge puts them in: a stack assembled without it is a bug.
+async fn proxy(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    // Nothing below the proxy reads it: taken, not copied.
+    let Some(Edge { ledger, shared }) = req.extensions_mut().remove::<Edge>() else {
+        // Only the edge puts it in: a stack assembled without it is a bug.
         return answer(&GatewayError::Internal);
     };
     let Some(ex) = ledger.take() else {
