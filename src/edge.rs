@@ -11,9 +11,9 @@
 //! - the client leaves before the response head: recorded `cancelled` with status 499
 //!   (nothing was sent), with whatever the stack had learnt by then.
 //!
-//! The record travels in the request's extensions as a [`Ledger`], in one [`Edge`] with
-//! the config the request works with; a layer that takes the
-//! exchange out puts it back before it returns or when it is dropped.
+//! The record travels in the request's extensions as a [`Ledger`], in one [`Edge`] with the
+//! config the request works with; a layer that takes the exchange out puts it back before it
+//! returns or when it is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
