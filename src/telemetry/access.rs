@@ -102,11 +102,11 @@ impl fmt::Display for AccessLine<'_> {
         // serde_json's own `to_string` starts small and grows (and copies) it several times
         // per request.
         thread_local! {
-            static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_CAPACITY));
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(LINE_CAPACITY));
         }
         let stamp = rfc3339_micros(SystemTime::now());
         LINE.with(|buffer| {
-            let mut fresh = Vec::new();
+            let mut fresh = String::new();
             let mut kept = buffer.try_borrow_mut();
             let json = match kept.as_deref_mut() {
                 Ok(json) => json,
@@ -114,9 +114,9 @@ impl fmt::Display for AccessLine<'_> {
             };
             json.clear();
             self.write_json(json, stamp.as_str());
-            let written = f.write_str(std::str::from_utf8(json).map_err(|_| fmt::Error)?);
+            let written = f.write_str(json);
             if json.capacity() > MAX_KEPT_CAPACITY {
-                *json = Vec::with_capacity(LINE_CAPACITY);
+                *json = String::with_capacity(LINE_CAPACITY);
             }
             written
         })
@@ -177,22 +177,22 @@ impl Stamp {
 /// `,"key":` for a key that needs no escaping, as one piece of static text.
 macro_rules! key {
     ($k:literal) => {
-        concat!(",\"", $k, "\":").as_bytes()
+        concat!(",\"", $k, "\":")
     };
 }
 
 impl AccessLine<'_> {
     /// The line: this line's fields, serialized as derived, inside the fields every log line
     /// of the subscriber has (timestamp, level, message; target at the end), with `timestamp` (RFC 3339, nothing to escape)
-    /// written as it is: the keys as static text, each value serialized by serde_json on
-    /// its own, and no map of fields in between (serde's `flatten` writes each key through
+    /// written as it is: the keys as static text, each value written as serde_json writes
+    /// it (a string with an escape by serde_json itself), and no map of fields in between (serde's `flatten` writes each key through
     /// its escaping serializer and each value through a map's machinery: some 11k
     /// instructions per line, about a third of it that way). The tests hold it to the
     /// derived serialization byte for byte.
-    fn write_json(&self, out: &mut Vec<u8>, timestamp: &str) {
-        out.extend_from_slice(b"{\"timestamp\":\"");
-        out.extend_from_slice(timestamp.as_bytes());
-        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request finished\"");
+    fn write_json(&self, out: &mut String, timestamp: &str) {
+        out.push_str("{\"timestamp\":\"");
+        out.push_str(timestamp);
+        out.push_str("\",\"level\":\"INFO\",\"message\":\"request finished\"");
         let mut w = Fields(out);
         w.text(key!("trace_id"), self.trace_id);
         w.text(key!("span_id"), self.span_id);
@@ -228,23 +228,21 @@ impl AccessLine<'_> {
         w.text(key!("finish_reasons"), self.finish_reasons);
         w.value(key!("degraded"), self.degraded);
         w.some(key!("unmeasured"), self.unmeasured.then_some(true));
-        out.extend_from_slice(b",\"target\":\"weir::access\"}");
+        out.push_str(",\"target\":\"weir::access\"}");
     }
 }
 
 /// Writes `,"key":value` pairs into a line.
-struct Fields<'a>(&'a mut Vec<u8>);
+struct Fields<'a>(&'a mut String);
 
 impl Fields<'_> {
-    fn value<T: Serialize>(&mut self, key: &[u8], value: T) {
-        self.0.extend_from_slice(key);
-        // Into a Vec: serde_json's writer cannot fail there, and every value here has a
-        // representation (a float that is not finite is `null`, as the derived form has it).
-        let _ = serde_json::to_writer(&mut *self.0, &value);
+    fn value(&mut self, key: &str, value: impl Scalar) {
+        self.0.push_str(key);
+        value.write(self.0);
     }
 
     /// Left out when absent, as `skip_serializing_if` leaves it out.
-    fn some<T: Serialize>(&mut self, key: &[u8], value: Option<T>) {
+    fn some(&mut self, key: &str, value: Option<impl Scalar>) {
         if let Some(v) = value {
             self.value(key, v);
         }
@@ -252,20 +250,57 @@ impl Fields<'_> {
 
     /// A string: copied between quotes when it has nothing to escape (ids, names, paths:
     /// nearly always), else escaped by serde_json.
-    fn text(&mut self, key: &[u8], value: &str) {
+    fn text(&mut self, key: &str, value: &str) {
+        self.0.push_str(key);
         if needs_escape(value.as_bytes()) {
-            return self.value(key, value);
+            // A string always serializes.
+            self.0
+                .push_str(&serde_json::to_string(value).unwrap_or_default());
+            return;
         }
-        self.0.extend_from_slice(key);
-        self.0.push(b'"');
-        self.0.extend_from_slice(value.as_bytes());
-        self.0.push(b'"');
+        self.0.push('"');
+        self.0.push_str(value);
+        self.0.push('"');
     }
 
-    fn some_text(&mut self, key: &[u8], value: Option<&str>) {
+    fn some_text(&mut self, key: &str, value: Option<&str>) {
         if let Some(v) = value {
             self.text(key, v);
         }
+    }
+}
+
+/// A number or a boolean of the line, written as serde_json writes it: integers by `itoa`,
+/// finite floats by `zmij` (serde_json's own formatters), any other float as `null`.
+trait Scalar {
+    fn write(self, out: &mut String);
+}
+
+impl Scalar for u64 {
+    fn write(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Scalar for u16 {
+    fn write(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self));
+    }
+}
+
+impl Scalar for f64 {
+    fn write(self, out: &mut String) {
+        if self.is_finite() {
+            out.push_str(zmij::Buffer::new().format_finite(self));
+        } else {
+            out.push_str("null");
+        }
+    }
+}
+
+impl Scalar for bool {
+    fn write(self, out: &mut String) {
+        out.push_str(if self { "true" } else { "false" });
     }
 }
 
@@ -569,9 +604,9 @@ mod tests {
     }
 
     fn written_by_hand(line: &AccessLine<'_>, timestamp: &str) -> String {
-        let mut out = Vec::new();
+        let mut out = String::new();
         line.write_json(&mut out, timestamp);
-        String::from_utf8(out).unwrap()
+        out
     }
 
     fn example() -> AccessLine<'static> {
