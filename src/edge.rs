@@ -104,7 +104,7 @@ where
             }
         };
         let shared = self.state.current();
-        let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, t0));
+        let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, &request_id, t0));
         let head = req.method() == Method::HEAD;
         req.extensions_mut().insert(Edge {
             ledger: ledger.clone(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::time::Instant;
 
 use crate::backend::Load;
@@ -52,18 +52,20 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The record of a request whose head arrived at `t0`: counted in flight from now on.
-    pub fn start<B>(state: &AppState, shared: &Shared, req: &Request<B>, t0: Instant) -> Exchange {
+    /// The record of a request whose head arrived at `t0`, with the id the edge gave it:
+    /// counted in flight from now on.
+    pub fn start<B>(
+        state: &AppState,
+        shared: &Shared,
+        req: &Request<B>,
+        request_id: &HeaderValue,
+        t0: Instant,
+    ) -> Exchange {
         let api = Api::from_path(req.uri().path());
         let operation = api.operation();
         let metrics = &state.metrics;
         metrics.in_flight().inc();
-        let request_id = req
-            .headers()
-            .get(crate::edge::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let request_id = request_id.to_str().unwrap_or_default().to_string();
         let config = &shared.config;
         let none = metrics.no_backend();
         let mut watch = Watch::new(t0, api, config.timeouts.clone(), config.limits.max_sse_line);
