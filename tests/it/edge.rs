@@ -66,7 +66,7 @@ async fn a_panic_in_the_services_call_is_answered_and_recorded() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], 500, "OpenAI-shaped");
-    // The connection serves on.
+    // The gateway serves on.
     let (status, _, _) = send(
         &client,
         post(gw.addr, "/v1/chat/completions", &chat(false, 2)),
