@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{Entry, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
@@ -95,13 +95,10 @@ where
         let t0 = Instant::now();
         // What tower-http's SetRequestId and PropagateRequestId layers did, without their
         // extensions and futures around every request.
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
-                let id = RandomRequestId::header_value();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
-            }
+        // One hash of the name: an entry, not a look-up and then an insert.
+        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(id) => id.get().clone(),
+            Entry::Vacant(slot) => slot.insert(RandomRequestId::header_value()).clone(),
         };
         let shared = self.state.current();
         let ledger = Ledger::new(Exchange::start(&self.state, &shared, &req, &request_id, t0));
@@ -156,9 +153,7 @@ where
         let Ok(mut res) = ready!(inner.poll(cx));
         this.inner.set(None);
         if let Some(id) = this.request_id.take() {
-            if !res.headers().contains_key(X_REQUEST_ID) {
-                res.headers_mut().insert(X_REQUEST_ID, id);
-            }
+            res.headers_mut().entry(X_REQUEST_ID).or_insert(id);
         }
         let ex = this.ledger.take().and_then(|l| l.take());
         let Some(mut ex) = ex else {

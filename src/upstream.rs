@@ -190,9 +190,8 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         origin_form(req.uri_mut());
-        if !req.headers().contains_key(header::HOST) {
-            let host = self.inner.authority.clone();
-            req.headers_mut().insert(header::HOST, host);
+        if let header::Entry::Vacant(host) = req.headers_mut().entry(header::HOST) {
+            host.insert(self.inner.authority.clone());
         }
         loop {
             let (mut conn, reused) = match self.inner.checkout() {
