@@ -8,7 +8,8 @@
 # WEIR is a release build of weir (it also runs the simulator and the load). weir's proxy and
 # nginx's one worker share core 1; the simulator and the load run on core 0. Non-streamed chat
 # requests of one output token, Poisson arrivals at RATE a second (default 3000) for SECONDS
-# (default 6) after a one-second warm-up, two rounds, weir first in each.
+# (default 6) after a one-second warm-up, two rounds, weir first in each. It needs nginx,
+# taskset, curl and python3 (and strace for --strace).
 set -euo pipefail
 W=$(realpath "$1"); R=${2:-3000}; D=${3:-6}; TRACE=${4:-}
 HERE=$(cd "$(dirname "$0")" && pwd)

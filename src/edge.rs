@@ -34,7 +34,7 @@ use crate::labels::Api;
 use crate::observe::{Close, ObservedBody};
 use crate::proxy::ResponseBody;
 use crate::record::{Exchange, Ledger};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,7 +43,7 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 #[derive(Clone)]
 pub struct Edge {
     pub ledger: Ledger,
-    pub shared: Arc<crate::state::Shared>,
+    pub shared: Arc<Shared>,
 }
 
 /// Adds [`Record`] around a service.

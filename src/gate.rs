@@ -12,7 +12,6 @@
 //!
 //! [`Answer`]: crate::error::Answer
 
-use crate::edge::Edge;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -23,6 +22,7 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::edge::Edge;
 use crate::error::GatewayError;
 use crate::labels::Api;
 use crate::metrics::Metrics;
