@@ -13,6 +13,8 @@ measures in CPU time).
     python3 bench/instructions.py                              # target/release/weir alone
     python3 bench/instructions.py --mode requests --build base=/tmp/old/weir --build new=target/release/weir
     python3 bench/instructions.py --build base=/tmp/old/weir --build new=target/release/weir
+    # the same with prompts of 2,000 words (about 11 KB of request body)
+    python3 bench/instructions.py --mode requests --prompt-tokens 2000 --build base=/tmp/old/weir --build new=target/release/weir
     # one binary, with and without OTLP metrics (pushed every second to a local sink)
     python3 bench/instructions.py --build off=target/release/weir --build otlp=target/release/weir \
         --env otlp:OTEL_METRICS_EXPORTER=otlp --env otlp:OTEL_METRIC_EXPORT_INTERVAL=1000 \
@@ -91,7 +93,7 @@ def count(build, sim_port, max_tokens, args, tmp, env, stream=True):
     try:
         wait_ready(admin)
         load = [args.weir, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
-                "--prompt-tokens", "64"] + ([] if stream else ["--no-stream"])
+                "--prompt-tokens", str(args.prompt_tokens)] + ([] if stream else ["--no-stream"])
         subprocess.run(load + ["--concurrency", "1", "--requests", "20"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run(["callgrind_control", "--zero", str(gw.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -122,6 +124,8 @@ def main():
                     help="NAME:KEY=VALUE: an environment variable for build NAME; repeat")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--prompt-tokens", type=int, default=64,
+                    help="the prompt's length in words (each about a token): a long prompt shows what reading the request body costs")
     ap.add_argument("--mode", choices=["streams", "requests"], default="streams",
                     help="streams: streamed chat, per request and per token; requests: non-streamed "
                          "chat requests of one output token, per request")
@@ -141,7 +145,8 @@ def main():
     sim_port = free_port()
     # The simulator: 5 ms to the first token, 2 ms between tokens.
     sim = subprocess.Popen([args.weir, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", "5ms", "--itl", "2ms",
-                            "--max-num-seqs", "100000"], stdout=subprocess.DEVNULL)
+                            "--max-num-seqs", "100000", "--max-model-len", str(max(4096, 2 * args.prompt_tokens))],
+                           stdout=subprocess.DEVNULL)
     rows = []
     try:
         wait_port(sim_port)

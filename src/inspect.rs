@@ -154,7 +154,7 @@ fn stream_options(raw: &str) -> Option<Option<bool>> {
 /// unexpected shape is passed on untouched for the backend to judge.
 pub fn inspect(body: Bytes, inject: bool) -> Result<Inspected, GatewayError> {
     // JSON is UTF-8 (RFC 8259), and the parser does not look inside the strings it skips.
-    let Ok(text) = std::str::from_utf8(&body) else {
+    let Ok(text) = simdutf8::basic::from_utf8(&body) else {
         return Err(GatewayError::InvalidJson("the body is not UTF-8".into()));
     };
     let head = match Head::scan(text).map_or_else(|| serde_json::from_str::<Head<'_>>(text), Ok) {

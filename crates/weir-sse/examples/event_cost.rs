@@ -10,7 +10,8 @@
 //! `classify_event(Api::Chat, ..)`), `parse` (the parser alone, the whole capture in one
 //! chunk) and `both` (parser and classifier, as the gateway runs them); `responses` and
 //! `messages` run parser and classifier on those APIs' captures instead; `body` reads the
-//! non-streamed chat capture (`classify_body`) once per iteration.
+//! non-streamed chat capture (`classify_body`) once per iteration; `prompt` checks and skips
+//! a chat request with a 16 KiB prompt, as the gateway's request inspection does.
 
 use std::hint::black_box;
 
@@ -46,6 +47,7 @@ fn main() {
         SseParser::default().feed(s, |e| events.push(e.data.to_vec()));
     }
     let body = std::fs::read(format!("{dir}chat_nonstream.json")).expect("capture");
+    let prompt = request_body(PROMPT_BYTES);
     let mut seen = 0usize;
     for _ in 0..iterations {
         match mode.as_str() {
@@ -64,6 +66,11 @@ fn main() {
             "body" => {
                 let info = classify_body(Api::Chat, black_box(&body));
                 seen += usize::from(black_box(&info).content);
+            }
+            "prompt" => {
+                let text = simdutf8::basic::from_utf8(black_box(&prompt)).expect("UTF-8");
+                let mut s = weir_sse::scan::Scan::new(text);
+                seen += usize::from(s.skip().is_some());
             }
             "responses" | "messages" => {
                 for s in &streams {
@@ -91,4 +98,31 @@ fn main() {
         }
     }
     println!("{} events per iteration; {seen}", events.len());
+}
+
+/// The prompt's length in the `prompt` mode: about 4,000 tokens of English text.
+const PROMPT_BYTES: usize = 16 * 1024;
+
+/// A chat request whose one message is `len` bytes of prose, as a client sends it: a
+/// sentence of about 90 bytes, a line break (`\n` in JSON) after each, a quoted phrase
+/// (`\"`) in every fourth.
+fn request_body(len: usize) -> Vec<u8> {
+    let sentences = [
+        "The gateway reads every request that passes through it, and it measures each one.",
+        "Operators open the slowest traces to see where the time of a request went.",
+        "A long prompt is mostly plain text, with a line break after each sentence.",
+        "Some sentences quote a phrase, such as \\\"time to first token\\\", in the text.",
+    ];
+    let mut content = String::new();
+    for s in sentences.iter().cycle() {
+        if content.len() >= len {
+            break;
+        }
+        content.push_str(s);
+        content.push_str("\\n");
+    }
+    format!(
+        r#"{{"model":"tiny-llama","messages":[{{"role":"system","content":"You are brief."}},{{"role":"user","content":"{content}"}}],"max_tokens":1,"stream":false}}"#
+    )
+    .into_bytes()
 }

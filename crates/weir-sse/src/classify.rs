@@ -201,7 +201,7 @@ pub fn classify_body(api: Api, body: &[u8]) -> EventInfo<'_> {
 
 /// One UTF-8 check of the whole text, then one parse that need not check each string.
 fn parse<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
-    serde_json::from_str(std::str::from_utf8(data).ok()?).ok()
+    serde_json::from_str(simdutf8::basic::from_utf8(data).ok()?).ok()
 }
 
 /// A string field, borrowed from the input unless it has escapes: serde's own

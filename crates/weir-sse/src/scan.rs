@@ -252,34 +252,119 @@ impl<'a> Scan<'a> {
 
 impl Scan<'_> {
     /// Where the first byte from here that a string cannot simply contain is (`"`, `\` or a
-    /// control character), eight bytes at a time (read on past the string's end: the text
-    /// goes on); `None` when none comes (the string does not end).
-    ///
-    /// In a little-endian word, `(w - 0x20..) & !w & 0x80..` has the high bit of each byte
-    /// below 0x20 set, and at most false ones above a true one (a borrow runs upwards only);
-    /// the same holds for `w ^ c..` below 1, a byte equal to `c`. So the lowest bit set in
-    /// the union is the first such byte.
+    /// control character); `None` when none comes (the string does not end). Sixteen bytes
+    /// at a time, then eight, then one by one at the end of the text.
     #[inline]
     fn special(&self) -> Option<usize> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
         let bytes = self.bytes();
         let mut at = self.at;
-        while let Some(word) = bytes.get(at..at + 8) {
-            let w = u64::from_le_bytes(word.try_into().ok()?);
-            let hits = below(w, 0x20)
-                | below(w ^ (ONES * u64::from(b'"')), 1)
-                | below(w ^ (ONES * u64::from(b'\\')), 1);
-            if hits != 0 {
-                return Some(at + (hits.trailing_zeros() / 8) as usize);
+        while let Some(block) = bytes.get(at..at + 16) {
+            if let Some(p) = in_block(block) {
+                return Some(at + p);
             }
-            at += 8;
+            at += 16;
         }
-        let tail = bytes.get(at..)?;
-        let p = tail
-            .iter()
-            .position(|&b| b < 0x20 || b == b'"' || b == b'\\')?;
-        Some(at + p)
+        words(bytes, at)
+    }
+}
+
+/// A byte a string cannot simply contain.
+#[inline]
+fn is_special(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The first special byte of a 16-byte block. Written so that the compiler makes it a few
+/// vector instructions (a mask of 0xFF bytes where the test holds, compared, then read as
+/// one integer); no `unsafe`.
+#[inline]
+fn in_block(block: &[u8]) -> Option<usize> {
+    let block: &[u8; 16] = block.try_into().ok()?;
+    let marks: [u8; 16] = std::array::from_fn(|i| if is_special(block[i]) { 0xFF } else { 0 });
+    let mask = u128::from_le_bytes(marks);
+    (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize)
+}
+
+/// From `at`, eight bytes at a time, then byte by byte: the end of a text.
+///
+/// In a little-endian word, `(w - 0x20..) & !w & 0x80..` has the high bit of each byte
+/// below 0x20 set, and at most false ones above a true one (a borrow runs upwards only);
+/// the same holds for `w ^ c..` below 1, a byte equal to `c`. So the lowest bit set in the
+/// union is the first such byte.
+fn words(bytes: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let w = u64::from_le_bytes(word.try_into().ok()?);
+        let hits = below(w, 0x20)
+            | below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1);
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..)?;
+    tail.iter().position(|&b| is_special(b)).map(|p| at + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Scan, is_special};
+
+    /// Runs of plain text (ASCII and not) of any length up to a few hundred bytes, each
+    /// followed by one byte or character of any kind, special or not.
+    fn texts() -> impl Strategy<Value = String> {
+        let run = (0usize..200, prop_oneof![Just('a'), Just('é'), Just(' ')]);
+        let after = prop_oneof![
+            Just('"'),
+            Just('\\'),
+            (0u8..0x20).prop_map(char::from),
+            Just('\u{7f}'),
+            Just('~'),
+            any::<char>(),
+        ];
+        prop::collection::vec((run, after), 0..6).prop_map(|parts| {
+            let mut text = String::new();
+            for ((len, c), after) in parts {
+                text.extend(std::iter::repeat_n(c, len));
+                text.push(after);
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The blocks and the words each find the first special byte from
+        /// any place in any text: the one a byte-by-byte look finds.
+        #[test]
+        fn special_finds_the_first_special_byte(text in texts(), from in any::<prop::sample::Index>()) {
+            let at = from.index(text.len() + 1);
+            let expected = text.as_bytes()[at..].iter().position(|&b| is_special(b)).map(|p| at + p);
+            let scan = Scan { text: &text, at, depth: 0 };
+            prop_assert_eq!(scan.special(), expected);
+            prop_assert_eq!(super::words(text.as_bytes(), at), expected);
+        }
+
+        /// The vector UTF-8 check that every text passes before it is read (simdutf8's)
+        /// says what std's says, on texts long enough for its vector path: runs of ASCII and
+        /// characters of every width, with any bytes among them.
+        #[test]
+        fn the_utf8_check_is_stds(parts in prop::collection::vec(prop_oneof![
+            "[a-z ]{0,40}".prop_map(String::into_bytes),
+            any::<char>().prop_map(|c| c.to_string().into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..3),
+        ], 0..60)) {
+            let bytes = parts.concat();
+            prop_assert_eq!(
+                simdutf8::basic::from_utf8(&bytes).is_ok(),
+                std::str::from_utf8(&bytes).is_ok()
+            );
+        }
     }
 }

@@ -154,7 +154,7 @@ pub(super) fn classify(data: &[u8]) -> EventInfo<'_> {
         return EventInfo::done();
     }
     // One UTF-8 check of the whole text; then neither reader checks a string again.
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Ok(text) = simdutf8::basic::from_utf8(data) else {
         return EventInfo::invalid();
     };
     match scan(text).or_else(|| serde_json::from_str(text).ok()) {
