@@ -252,17 +252,25 @@ impl<'a> Scan<'a> {
 
 impl Scan<'_> {
     /// Where the first byte from here that a string cannot simply contain is (`"`, `\` or a
-    /// control character); `None` when none comes (the string does not end). Sixteen bytes
-    /// at a time, then eight, then one by one at the end of the text.
+    /// control character); `None` when none comes (the string does not end). One block of
+    /// sixteen bytes (keys and short values end there), then blocks of 32 (a long value
+    /// such as a prompt), then eight bytes at a time and one by one at the text's end.
     #[inline]
     fn special(&self) -> Option<usize> {
         let bytes = self.bytes();
         let mut at = self.at;
-        while let Some(block) = bytes.get(at..at + 16) {
-            if let Some(p) = in_block(block) {
+        let Some(block) = bytes.get(at..at + 16) else {
+            return words(bytes, at);
+        };
+        if let Some(p) = in_16(block) {
+            return Some(at + p);
+        }
+        at += 16;
+        while let Some(block) = bytes.get(at..at + 32) {
+            if let Some(p) = in_32(block) {
                 return Some(at + p);
             }
-            at += 16;
+            at += 32;
         }
         words(bytes, at)
     }
@@ -274,15 +282,38 @@ fn is_special(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// The first special byte of a 16-byte block. Written so that the compiler makes it a few
-/// vector instructions (a mask of 0xFF bytes where the test holds, compared, then read as
-/// one integer); no `unsafe`.
+/// 0xFF for each special byte of a block, 0 for each other: written so that the compiler
+/// makes it a few vector compares (no `unsafe`), read then as integers.
 #[inline]
-fn in_block(block: &[u8]) -> Option<usize> {
-    let block: &[u8; 16] = block.try_into().ok()?;
-    let marks: [u8; 16] = std::array::from_fn(|i| if is_special(block[i]) { 0xFF } else { 0 });
-    let mask = u128::from_le_bytes(marks);
+fn marks<const N: usize>(block: &[u8]) -> Option<[u8; N]> {
+    let block: &[u8; N] = block.try_into().ok()?;
+    Some(std::array::from_fn(|i| {
+        if is_special(block[i]) { 0xFF } else { 0 }
+    }))
+}
+
+/// The first special byte of a 16-byte block.
+#[inline]
+fn in_16(block: &[u8]) -> Option<usize> {
+    let mask = u128::from_le_bytes(marks::<16>(block)?);
     (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize)
+}
+
+/// The first special byte of a 32-byte block.
+#[inline]
+fn in_32(block: &[u8]) -> Option<usize> {
+    let marks = marks::<32>(block)?;
+    let (lo, hi) = marks.split_at(16);
+    let [lo, hi] = [lo, hi].map(|h| u128::from_le_bytes(h.try_into().unwrap_or_default()));
+    if lo | hi == 0 {
+        return None;
+    }
+    let bit = if lo != 0 {
+        lo.trailing_zeros()
+    } else {
+        128 + hi.trailing_zeros()
+    };
+    Some((bit / 8) as usize)
 }
 
 /// From `at`, eight bytes at a time, then byte by byte: the end of a text.
