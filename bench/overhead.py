@@ -130,6 +130,9 @@ def main():
                     help="cap on the simulated tokens/s over all streams (ITL grows beyond it)")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of discarded load before each run")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=None,
+                    help="requests mode: the prompt's length in words (default 8); a long prompt "
+                         "shows what reading the request body costs")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--build", action="append", default=[],

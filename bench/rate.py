@@ -65,10 +65,15 @@ def bench(weir, url, load_cores, mode, value, args, out):
     """One `weir bench` run of non-streamed one-token requests; its JSON report."""
     load = ["--concurrency", str(value)] if mode == "closed" else ["--rate", str(value)]
     cmd = [weir, "bench", "--url", url, "--model", "tiny-llama", "--no-stream", "--max-tokens", "1",
-           "--prompt-tokens", "8", "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s",
+           "--prompt-tokens", str(prompt_words(args)), "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s",
            "--json", out] + load
     p = start(cmd, load_cores, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p
+
+
+def prompt_words(args):
+    """The prompt's length in words (`--prompt-tokens`; 8 when not given)."""
+    return args.prompt_tokens or 8
 
 
 def measure(weir, name, url, pid, load_cores, mode, value, args, tmp):
@@ -98,7 +103,8 @@ def run(args, weir, builds, root):
     try:
         sim_port, nginx_port = free_port(), free_port()
         sim = start([weir, "sim", "--listen", f"127.0.0.1:{sim_port}", "--ttft", "0ms", "--itl", "0ms",
-                     "--max-num-seqs", "1000000"], lay["sim"], stdout=subprocess.DEVNULL)
+                     "--max-num-seqs", "1000000", "--max-model-len", str(max(4096, 2 * prompt_words(args)))],
+                    lay["sim"], stdout=subprocess.DEVNULL)
         procs.append(sim)
         wait_port(sim_port)
         upstream = f"127.0.0.1:{sim_port}"
@@ -136,7 +142,10 @@ def run(args, weir, builds, root):
                           f"  e2e p50 {rep['e2e']['p50'] * 1e3:7.3f} ms  p99 {rep['e2e']['p99'] * 1e3:7.3f} ms"
                           f"  errors {rep['errors']}  cpu {r['cpu']:.2f} s", flush=True)
         block = table(args, lay, proxy_cores, [n for n, _ in builds], levels, rates, results, root)
-        write_block(args.out, f"requests-{os.cpu_count()}-cores-proxy-{proxy_cores}", block)
+        marker = f"requests-{os.cpu_count()}-cores-proxy-{proxy_cores}"
+        if args.prompt_tokens:
+            marker += f"-prompt-{args.prompt_tokens}"
+        write_block(args.out, marker, block)
         print(block)
     finally:
         stop_all(procs, 10)
@@ -164,15 +173,18 @@ def table(args, lay, proxy_cores, weirs, levels, rates, results, root):
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                       if l.startswith("model name")), "?")
     lines = [
-        f"## Non-streamed requests: {os.cpu_count()} cores, the proxy on {proxy_cores}", "",
+        f"## Non-streamed requests: {os.cpu_count()} cores, the proxy on {proxy_cores}"
+        + (f", prompts of {args.prompt_tokens} words" if args.prompt_tokens else ""), "",
         f"Measured {datetime.date.today().isoformat()} at commit `{commit}` on {os.cpu_count()} cores "
         f"({cpu_model}); simulator on cores {lay['sim']}, proxy on {lay['proxy']} ({proxy_cores} "
         f"worker{'s' if proxy_cores > 1 else ''}), load on {lay['load']}, with:", "",
         f"    python3 bench/overhead.py --mode requests --cores sim={lay['sim']},proxy={lay['proxy']},"
         f"load={lay['load']} --levels {','.join(map(str, levels))}"
         + (f" --rates {','.join(f'{r:g}' for r in rates)}" if rates else "")
+        + (f" --prompt-tokens {args.prompt_tokens}" if args.prompt_tokens else "")
         + f" --rounds {args.rounds} --duration {args.duration} --warmup {args.warmup}", "",
-        "Requests of one output token, not streamed, to `weir sim` with no simulated delay. Medians "
+        f"Requests of one output token and a prompt of {prompt_words(args)} words, not streamed, to "
+        "`weir sim` with no simulated delay. Medians "
         "over the rounds (targets in shuffled order each round); *added* e2e is the median over the "
         "rounds of the proxy's percentile minus the direct run's in the same round; CPU is the "
         "proxy's user+system time over the measured part, per request.", "",
