@@ -298,30 +298,9 @@ impl Scalar for bool {
     }
 }
 
-/// Whether JSON needs any of these bytes escaped: a control character, `"` or `\\`. Eight
-/// bytes at a time: a word has a byte below 0x20 when `(w - 0x20..) & !w & 0x80..` is not
-/// zero, and a byte equal to `c` when `w ^ c..` has a byte below 1 (both exact tests of
-/// whether there is one, the second for any word).
+/// Whether JSON needs any of these bytes escaped: a control character, `"` or `\\`.
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH != 0;
-    let mut words = s.chunks_exact(8);
-    for word in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(word);
-        let w = u64::from_le_bytes(b);
-        if below(w, 0x20)
-            || below(w ^ (ONES * u64::from(b'"')), 1)
-            || below(w ^ (ONES * u64::from(b'\\')), 1)
-        {
-            return true;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    !weir_sse::scan::plain(s)
 }
 
 /// Room for a typical access line (about 700 bytes) without growing.

@@ -251,29 +251,40 @@ impl<'a> Scan<'a> {
 }
 
 impl Scan<'_> {
-    /// Where the first byte from here that a string cannot simply contain is (`"`, `\` or a
-    /// control character); `None` when none comes (the string does not end). One block of
-    /// sixteen bytes (keys and short values end there), then blocks of 32 (a long value
-    /// such as a prompt), then eight bytes at a time and one by one at the text's end.
+    /// Where the first byte from here that a string cannot simply contain is; `None` when
+    /// none comes (the string does not end).
     #[inline]
     fn special(&self) -> Option<usize> {
-        let bytes = self.bytes();
-        let mut at = self.at;
-        let Some(block) = bytes.get(at..at + 16) else {
-            return words(bytes, at);
-        };
-        if let Some(p) = in_16(block) {
+        special_from(self.bytes(), self.at)
+    }
+}
+
+/// Whether `bytes` can stand inside a JSON string as they are: no `"`, `\` or control
+/// character (what a writer of JSON escapes).
+pub fn plain(bytes: &[u8]) -> bool {
+    special_from(bytes, 0).is_none()
+}
+
+/// Where the first byte at or after `at` that a JSON string cannot simply contain is (`"`,
+/// `\` or a control character); `None` when there is none. One block of sixteen bytes (keys
+/// and short values end there), then blocks of 32 (a long value such as a prompt), then
+/// eight bytes at a time and one by one at the end.
+#[inline]
+fn special_from(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let Some(block) = bytes.get(at..at + 16) else {
+        return words(bytes, at);
+    };
+    if let Some(p) = in_16(block) {
+        return Some(at + p);
+    }
+    at += 16;
+    while let Some(block) = bytes.get(at..at + 32) {
+        if let Some(p) = in_32(block) {
             return Some(at + p);
         }
-        at += 16;
-        while let Some(block) = bytes.get(at..at + 32) {
-            if let Some(p) = in_32(block) {
-                return Some(at + p);
-            }
-            at += 32;
-        }
-        words(bytes, at)
+        at += 32;
     }
+    words(bytes, at)
 }
 
 /// A byte a string cannot simply contain.
@@ -379,6 +390,7 @@ mod tests {
             let expected = text.as_bytes()[at..].iter().position(|&b| is_special(b)).map(|p| at + p);
             let scan = Scan { text: &text, at, depth: 0 };
             prop_assert_eq!(scan.special(), expected);
+            prop_assert_eq!(super::plain(&text.as_bytes()[at..]), expected.is_none());
             prop_assert_eq!(super::words(text.as_bytes(), at), expected);
         }
 
