@@ -31,7 +31,7 @@ use tower::{Layer, Service};
 use crate::error::Answer;
 use crate::forward::RandomRequestId;
 use crate::labels::Api;
-use crate::observe::{Close, ObservedBody};
+use crate::observe::{Closer, ObservedBody};
 use crate::proxy::ResponseBody;
 use crate::record::{Exchange, Ledger};
 use crate::state::{AppState, Shared};
@@ -170,9 +170,13 @@ where
             }
             ex.answered(answer);
         }
-        // How to close the backend's connection, for the total deadline.
-        let close = match res.body() {
-            Either::Left(upstream) => upstream.closer().map(|c| Arc::new(c) as Close),
+        // How to close the backend's connection, for the total deadline, and the timer to
+        // keep that deadline on.
+        let closer = match res.body_mut() {
+            Either::Left(upstream) => upstream.closer().map(|c| Closer {
+                close: Arc::new(c),
+                timer: upstream.take_timer(),
+            }),
             Either::Right(_) => None,
         };
         let status = res.status();
@@ -182,7 +186,7 @@ where
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let (parts, body) = res.into_parts();
-        let body = ObservedBody::new(body, ex, &parts.headers, nothing_to_send, close);
+        let body = ObservedBody::new(body, ex, &parts.headers, nothing_to_send, closer);
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

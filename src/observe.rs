@@ -21,7 +21,7 @@ use crate::config::Timeouts;
 use crate::labels::{Api, Outcome};
 
 pub use body::ObservedBody;
-pub use cut::Close;
+pub use cut::{Close, Closer};
 pub use gaps::Gaps;
 
 /// Most choices (`n`) a request's record keeps a finish reason for.

@@ -36,7 +36,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendConfig, ConfigError};
@@ -215,6 +215,7 @@ impl Upstream {
                         conn: Some(conn),
                         pool,
                         ended: false,
+                        timer: None,
                     }));
                 }
                 Err(mut e) => {
@@ -462,6 +463,9 @@ pub struct UpstreamIncoming {
     conn: Option<Box<Conn>>,
     pool: Weak<Inner>,
     ended: bool,
+    /// The timer the response head was awaited with, handed on to whoever keeps the
+    /// request's total deadline (set again, not made again).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Body for UpstreamIncoming {
@@ -503,6 +507,16 @@ impl UpstreamIncoming {
         Some(move || {
             let _ = rustix::net::shutdown(&*socket, rustix::net::Shutdown::Both);
         })
+    }
+
+    /// Keeps the timer the response head was awaited with.
+    pub fn keep_timer(&mut self, timer: Pin<Box<Sleep>>) {
+        self.timer = Some(timer);
+    }
+
+    /// The timer kept, if any.
+    pub fn take_timer(&mut self) -> Option<Pin<Box<Sleep>>> {
+        self.timer.take()
     }
 }
 

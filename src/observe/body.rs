@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::observer::{End, Mode, Observer, join};
-use super::{Close, Recorder};
+use super::{Closer, Recorder};
 
 /// Errors passed to the client's connection.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,10 +45,10 @@ impl<B: Body, R: Recorder> ObservedBody<B, R> {
         rec: R,
         headers: &http::HeaderMap,
         nothing_to_send: bool,
-        close: Option<Close>,
+        closer: Option<Closer>,
     ) -> Self {
         let ended = nothing_to_send || inner.is_end_stream();
-        let obs = Observer::new(rec, headers, close.filter(|_| !ended));
+        let obs = Observer::new(rec, headers, closer.filter(|_| !ended));
         let observer = if ended {
             let outcome = obs.final_outcome();
             (*obs).finish(outcome);

@@ -16,6 +16,13 @@ use tokio::time::{Instant, Sleep};
 /// Closes a response's upstream connection.
 pub type Close = Arc<dyn Fn() + Send + Sync>;
 
+/// How the total deadline closes a response's upstream connection: the closer, and a timer
+/// to run on (the one the response head was awaited with, set again; a new one when none).
+pub struct Closer {
+    pub close: Close,
+    pub timer: Option<Pin<Box<Sleep>>>,
+}
+
 /// What the timer's waker does: close the upstream, once, unless disarmed first.
 struct Cell {
     close: Mutex<Option<Close>>,
@@ -47,12 +54,20 @@ pub(super) struct Cut {
 impl Cut {
     /// Arms the timer for `at`; None when it has passed already (the body's own deadline
     /// handles that at its first poll).
-    pub(super) fn arm(at: Instant, close: Close) -> Option<Cut> {
+    pub(super) fn arm(at: Instant, closer: Closer) -> Option<Cut> {
         let cell = Arc::new(Cell {
-            close: Mutex::new(Some(close)),
+            close: Mutex::new(Some(closer.close)),
             fired: AtomicBool::new(false),
         });
-        let mut sleep = Box::pin(tokio::time::sleep_until(at));
+        let mut sleep = match closer.timer {
+            Some(mut timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        };
         let waker = Waker::from(cell.clone());
         if sleep
             .as_mut()
@@ -91,17 +106,16 @@ impl Drop for Cut {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::task::Poll;
     use std::time::Duration;
 
-    fn counter() -> (Arc<AtomicUsize>, Close) {
+    fn counter() -> (Arc<AtomicUsize>, Closer) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();
-        (
-            n,
-            Arc::new(move || {
-                m.fetch_add(1, Ordering::SeqCst);
-            }),
-        )
+        let close: Close = Arc::new(move || {
+            m.fetch_add(1, Ordering::SeqCst);
+        });
+        (n, Closer { close, timer: None })
     }
 
     #[tokio::test(start_paused = true)]
@@ -119,14 +133,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_disarmed_or_dropped_cut_closes_nothing() {
         let (n, close) = counter();
-        let cut = Cut::arm(Instant::now() + Duration::from_secs(1), close.clone()).unwrap();
+        let (_, other) = counter();
+        let other = Closer {
+            close: close.close.clone(),
+            ..other
+        };
+        let cut = Cut::arm(Instant::now() + Duration::from_secs(1), close).unwrap();
         cut.disarm();
-        drop(Cut::arm(Instant::now() + Duration::from_secs(1), close));
+        drop(Cut::arm(Instant::now() + Duration::from_secs(1), other));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(n.load(Ordering::SeqCst), 0);
         assert!(!cut.fired());
         let (_, close) = counter();
         let past = Instant::now() - Duration::from_secs(1);
         assert!(Cut::arm(past, close).is_none(), "passed already");
+    }
+
+    /// The timer the response head was awaited with (registered by the request's task, due
+    /// sooner) is set to the total deadline: nothing closes at its old time, and the
+    /// connection closes once at the new one.
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_handed_on_keeps_the_total_deadline_not_its_own() {
+        let (n, mut closer) = counter();
+        let mut timer = Box::pin(tokio::time::sleep_until(
+            Instant::now() + Duration::from_secs(1),
+        ));
+        let pending = std::future::poll_fn(|cx| Poll::Ready(timer.as_mut().poll(cx).is_pending()));
+        assert!(pending.await, "registered, not due yet");
+        closer.timer = Some(timer);
+        let cut = Cut::arm(Instant::now() + Duration::from_secs(5), closer).expect("armed");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 0, "not at the head's deadline");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert!(cut.fired());
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use weir_sse::{self as sse, SseParser};
 
 use super::body::BoxError;
-use super::cut::{Close, Cut};
+use super::cut::{Closer, Cut};
 use super::strip::Strip;
 use super::{Measurement, Recorder};
 use crate::budget::Reservation;
@@ -54,9 +54,9 @@ pub(super) struct Observer<R> {
 impl<R: Recorder> Observer<R> {
     /// Observes a response with these headers: an event stream is parsed event by event, a
     /// JSON body once at its end, anything else (or anything compressed) only timed.
-    pub(super) fn new(rec: R, headers: &HeaderMap, close: Option<Close>) -> Box<Self> {
+    pub(super) fn new(rec: R, headers: &HeaderMap, closer: Option<Closer>) -> Box<Self> {
         let w = rec.watch();
-        let cut = close.and_then(|c| Cut::arm(w.t0 + w.timeouts.total, c));
+        let cut = closer.and_then(|c| Cut::arm(w.t0 + w.timeouts.total, c));
         let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
         let is = |p: &[u8]| {
             content_type.is_some_and(|c| c.len() >= p.len() && c[..p.len()].eq_ignore_ascii_case(p))

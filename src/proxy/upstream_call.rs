@@ -1,7 +1,9 @@
 //! Sending a request upstream: pick a backend serving its model, send it, and once more on
 //! another backend when nothing has reached the client yet (a refused connect, a 503).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -130,7 +132,15 @@ async fn attempt(
     } else {
         (total_at, "total")
     };
-    let result = tokio::time::timeout_at(deadline, backend.upstream.request(req)).await;
+    // The deadline's timer, boxed: when the head comes in time it goes on with the body, to
+    // be set for the total deadline (one timer a request, not one here and one there).
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+    let mut request = std::pin::pin!(backend.upstream.request(req));
+    let result = std::future::poll_fn(|cx| match request.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Ok(r)),
+        Poll::Pending => timer.as_mut().poll(cx).map(Err),
+    })
+    .await;
     let (health, metrics) = (&config.health, &state.metrics);
     // The backend's name as an error carries it: made only when there is one.
     let name = || backend.name.to_string();
@@ -147,9 +157,10 @@ async fn attempt(
             tracing::debug!(backend = %backend.name, "503 before the first byte: retrying elsewhere");
             return Err(Failure::Retry("unavailable"));
         }
-        Ok(Ok(res)) => {
+        Ok(Ok(mut res)) => {
             let failure = res.status().is_server_error().then_some("upstream_5xx");
             health::passive(backend, health, failure, metrics);
+            res.body_mut().keep_timer(timer);
             return Ok(res);
         }
         Ok(Err(e)) => e,
