@@ -382,8 +382,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
-        /// The blocks and the words each find the first special byte from
-        /// any place in any text: the one a byte-by-byte look finds.
+        /// The blocks and the words each find the first special byte from any place in any
+        /// text: the one a byte-by-byte look finds.
         #[test]
         fn special_finds_the_first_special_byte(text in texts(), from in any::<prop::sample::Index>()) {
             let at = from.index(text.len() + 1);
