@@ -31,8 +31,17 @@ use crate::state::Shared;
 
 /// A check made on a request before it goes on.
 pub trait Check {
-    /// Lets the request on (changed if need be) or refuses it.
-    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError>;
+    /// Lets the request on (changed if need be) or refuses it. The config it checks against
+    /// is the request's own, read in place from the edge's extension ([`shared`]).
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError>;
+}
+
+/// The config the request works with, borrowed from the [`Edge`] extension: no count of
+/// the `Arc` every worker shares is taken and dropped per gate. Only the edge puts it in: a
+/// stack assembled without it is a bug.
+fn shared<B>(req: &Request<B>) -> Result<&Shared, GatewayError> {
+    let edge = req.extensions().get::<Edge>();
+    edge.map(|e| &*e.shared).ok_or(GatewayError::Internal)
 }
 
 /// Adds a [`Gate`] with `check` to a service.
@@ -80,12 +89,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let verdict = match req.extensions().get::<Edge>().map(|e| e.shared.clone()) {
-            Some(shared) => self.check.check(&mut req, &shared),
-            // Only the edge puts the state in: a stack assembled without it is a bug.
-            None => Err(GatewayError::Internal),
-        };
-        match verdict {
+        match self.check.check(&mut req) {
             Ok(()) => ResponseFuture::Inner {
                 fut: self.inner.call(req),
             },
@@ -131,7 +135,8 @@ pub struct Admission {
 }
 
 impl Check for Admission {
-    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError> {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let shared = shared(req)?;
         if req.extensions().get::<OverConnectionLimit>().is_some() {
             return Err(GatewayError::TooManyConnections);
         }
@@ -181,18 +186,18 @@ fn head_size<B>(req: &Request<B>) -> usize {
 pub struct ApiKeys;
 
 impl Check for ApiKeys {
-    fn check<B>(&self, req: &mut Request<B>, shared: &Shared) -> Result<(), GatewayError> {
-        let Some(keys) = &shared.keys else {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let Some(keys) = &shared(req)?.keys else {
             return Ok(());
         };
         let tenant = keys
             .check(req.headers())
             .ok_or(GatewayError::Unauthorized)?;
-        req.headers_mut().remove(header::AUTHORIZATION);
-        req.headers_mut().remove("x-api-key");
         if let Some(edge) = req.extensions().get::<Edge>() {
             edge.ledger.with(|ex| ex.tenant = Some(tenant));
         }
+        req.headers_mut().remove(header::AUTHORIZATION);
+        req.headers_mut().remove("x-api-key");
         Ok(())
     }
 }
