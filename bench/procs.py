@@ -67,15 +67,22 @@ def children(pid):
 
 
 def cpu_seconds(pid):
-    total = 0
+    """User and system CPU time of pid and its descendants, in seconds."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(user, system) CPU time of pid and its descendants, in seconds."""
+    user = system = 0
     for p in children(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / TICK
+    return user / TICK, system / TICK
 
 
 def rss_bytes(pid):

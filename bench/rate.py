@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from procs import cpu_seconds, free_port, median, nginx_conf, start, stop_all, wait_port
+from procs import cpu_split, free_port, median, nginx_conf, start, stop_all, wait_port
 
 
 def cores_of(spec):
@@ -83,14 +83,18 @@ def measure(weir, name, url, pid, load_cores, mode, value, args, tmp):
     cpu0 = None
     while p.poll() is None:
         if pid and cpu0 is None and time.time() >= measured_from:
-            cpu0 = cpu_seconds(pid)
+            cpu0 = cpu_split(pid)
         time.sleep(0.1)
     if p.returncode != 0:
         sys.exit(f"weir bench failed against {name} ({mode} {value})")
-    cpu = cpu_seconds(pid) - (cpu0 if cpu0 is not None else 0.0) if pid else 0.0
+    user, system = 0.0, 0.0
+    if pid:
+        (u1, s1), (u0, s0) = cpu_split(pid), cpu0 or (0.0, 0.0)
+        user, system = u1 - u0, s1 - s0
     with open(out) as f:
         r = json.load(f)["runs"][0]
-    return {"target": name, "mode": mode, "value": value, "cpu": cpu, "report": r}
+    return {"target": name, "mode": mode, "value": value, "cpu": user + system, "system": system,
+            "report": r}
 
 
 def run(args, weir, builds, root):
@@ -165,8 +169,8 @@ def table(args, lay, proxy_cores, weirs, levels, rates, results, root):
         a, b = of(target), of("direct")
         return median([a[n] - b[n] for n in a if n in b])
 
-    def cpu_per_request(mode, value, t):
-        return pick(mode, value, t, lambda r: r["cpu"] / max(r["report"]["requests"], 1))
+    def cpu_per_request(mode, value, t, key="cpu"):
+        return pick(mode, value, t, lambda r: r[key] / max(r["report"]["requests"], 1))
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                             text=True).stdout.strip()
@@ -187,7 +191,7 @@ def table(args, lay, proxy_cores, weirs, levels, rates, results, root):
         "`weir sim` with no simulated delay. Medians "
         "over the rounds (targets in shuffled order each round); *added* e2e is the median over the "
         "rounds of the proxy's percentile minus the direct run's in the same round; CPU is the "
-        "proxy's user+system time over the measured part, per request.", "",
+        "proxy's user+system time over the measured part, per request, and the system part of it.", "",
         "| load | direct | " + " | ".join(proxies) + " | " + " | ".join(f"{w} / nginx" for w in weirs) + " |",
         "|---|" + "---:|" * (1 + len(proxies) + len(weirs)),
     ]
@@ -200,6 +204,11 @@ def table(args, lay, proxy_cores, weirs, levels, rates, results, root):
         lines.append(f"| CPU ms per request, {l} in flight | — | "
                      + " | ".join(f"{cpu[t] * 1e3:.4f}" for t in proxies) + " | "
                      + " | ".join(f"{cpu[w] / cpu['nginx']:.2f}" for w in weirs) + " |")
+        kernel = {t: cpu_per_request("closed", l, t, "system") for t in proxies}
+        lines.append(f"| of which system (kernel), {l} in flight | — | "
+                     + " | ".join(f"{kernel[t] * 1e3:.4f}" for t in proxies) + " | "
+                     + " | ".join(f"{kernel[w] / kernel['nginx']:.2f}" if kernel["nginx"] else "—"
+                                  for w in weirs) + " |")
     for r in rates:
         e = {t: (added("poisson", r, t, "p50"), added("poisson", r, t, "p99")) for t in proxies}
         lines.append(f"| {r:,.0f} req/s Poisson: added e2e p50 / p99 (ms) | — | "
