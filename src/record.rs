@@ -309,9 +309,14 @@ impl Figures {
             s.output_tokens.observe(out as f64);
             s.output_tokens_total.inc_by(out);
         }
-        s.cache_read_tokens_total
-            .inc_by(self.cache_read.unwrap_or(0));
-        s.reasoning_tokens_total.inc_by(self.reasoning.unwrap_or(0));
+        // Most requests report neither: no write to a line every worker shares for nothing
+        // (the series exist from the first request of their labels).
+        if let Some(n) = self.cache_read.filter(|&n| n > 0) {
+            s.cache_read_tokens_total.inc_by(n);
+        }
+        if let Some(n) = self.reasoning.filter(|&n| n > 0) {
+            s.reasoning_tokens_total.inc_by(n);
+        }
         if let Some(t) = self.tpot {
             latency(&s.tpot, &s.ex.tpot, t);
         }
