@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=""
 if [ "${1:-}" = "--out" ]; then OUT=$2; fi
 SYSROOT=$(rustc --print sysroot)
-PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1)
+PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1 || true)
 if [ -z "$PROFDATA" ]; then
     rustup component add llvm-tools
     PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata | head -1)
