@@ -34,7 +34,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rate  # noqa: E402
-from procs import (cpu_seconds, free_port, median, nginx_conf, rss_bytes, start,  # noqa: E402
+from procs import (cpu_split, free_port, median, nginx_conf, rss_bytes, start,  # noqa: E402
                    stop_all, wait_port)
 WEIR = os.path.join(ROOT, "target", "release", "weir")
 
@@ -93,17 +93,21 @@ def measure(name, url, pid, level, args, tmp):
     cpu0, peak = None, 0
     while p.poll() is None:
         if pid and cpu0 is None and time.time() >= measured_from:
-            cpu0 = cpu_seconds(pid)
+            cpu0 = cpu_split(pid)
         if pid and cpu0 is not None:
             peak = max(peak, rss_bytes(pid))
         time.sleep(0.2)
-    cpu0 = cpu0 if cpu0 is not None else (cpu_seconds(pid) if pid else 0.0)
+    cpu0 = cpu0 if cpu0 is not None else (cpu_split(pid) if pid else (0.0, 0.0))
     if p.returncode != 0:
         sys.exit(f"weir bench failed against {name}")
-    cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
+    user, system = 0.0, 0.0
+    if pid:
+        (u1, s1), (u0, s0) = cpu_split(pid), cpu0
+        user, system = u1 - u0, s1 - s0
     with open(out) as f:
         r = json.load(f)["runs"][0]
-    return {"target": name, "level": level, "cpu": cpu, "rss": peak, "report": r}
+    return {"target": name, "level": level, "cpu": user + system, "system": system, "rss": peak,
+            "report": r}
 
 
 def main():
@@ -245,6 +249,7 @@ def write_report(args, levels, weirs, results, overhead, idle_rss, settled_rss):
         tokens = {t: pick(level, t, lambda r: r["report"]["output_tokens"]) for t in proxies}
         reqs = {t: pick(level, t, lambda r: r["report"]["requests"]) for t in proxies}
         cpu = {t: pick(level, t, lambda r: r["cpu"]) for t in proxies}
+        system = {t: pick(level, t, lambda r: r["system"]) for t in proxies}
         rss = {t: pick(level, t, lambda r: r["rss"]) for t in proxies}
         errors = {t: pick(level, t, lambda r: r["report"]["errors"]) for t in ["direct"] + proxies}
         for t in proxies:
@@ -256,6 +261,7 @@ def write_report(args, levels, weirs, results, overhead, idle_rss, settled_rss):
                 "itl_p50": add[("itl", "p50")], "itl_p99": add[("itl", "p99")],
                 "cpu_per_1k_req": cpu[t] / reqs[t] * 1000 if reqs[t] else None,
                 "cpu_per_100k_tok": per_tok * 1e5 if per_tok else None,
+                "sys_per_100k_tok": system[t] / tokens[t] * 1e5 if tokens[t] else None,
                 "tok_per_core_s": 1 / per_tok if per_tok else None,
                 "rss": rss[t], "errors": errors[t],
             })
@@ -279,21 +285,22 @@ def write_report(args, levels, weirs, results, overhead, idle_rss, settled_rss):
         "nginx (`proxy_buffering off`, keepalive upstream, one worker) — in rounds, in shuffled order. "
         "The load generator and the simulator are pinned to core 0, the proxy under test to core 1 "
         "(`taskset`). Every figure is the median over the rounds; *added* latencies are the median over "
-        "the rounds of the proxy's percentile minus the direct run's in the same round. CPU is the proxy's user+system time from /proc over the measured part; "
+        "the rounds of the proxy's percentile minus the direct run's in the same round. CPU is the proxy's user+system time from /proc over the measured part "
+        "(and the system part of it, the kernel's work, on its own); "
         "tokens per core-second is its reciprocal per token (the token rate the proxy could sustain "
         "with one core to itself). Both proxies write an access log. RSS per stream is the peak RSS at "
         "the top level minus the idle footprint, over the streams; the idle footprint is the RSS after "
         "a little traffic (16 streams for 2 s) and 6 s of quiet; *after the load* is 15 s after the "
         "last run.", "",
         "| streams | proxy | added TTFT p50 (ms) | added TTFT p99 (ms) | added ITL p50 (ms) | added ITL p99 (ms) "
-        "| CPU s / 1k req | CPU s / 100k tokens | tokens per core-second | peak RSS (MiB) | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s / 1k req | CPU s / 100k tokens | of which system | tokens per core-second | peak RSS (MiB) | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['level']} | {r['proxy']} | {ms(r['ttft_p50'])} | {ms(r['ttft_p99'])} | {ms(r['itl_p50'])} | "
             f"{ms(r['itl_p99'])} | {r['cpu_per_1k_req']:.3f} | {r['cpu_per_100k_tok']:.3f} | "
-            f"{r['tok_per_core_s']:,.0f} | {r['rss'] / 2**20:.1f} | {r['errors']:.0f} |")
+            f"{r['sys_per_100k_tok']:.3f} | {r['tok_per_core_s']:,.0f} | {r['rss'] / 2**20:.1f} | {r['errors']:.0f} |")
     lines += ["", "weir's own `weir_gateway_overhead_seconds` over the weir runs of each level "
               "(from its /metrics, interpolated in the histogram's buckets):", "",
               "| streams | build | p50 (ms) | p99 (ms) |", "|---:|---|---:|---:|"]

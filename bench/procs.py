@@ -66,11 +66,6 @@ def children(pid):
     return out
 
 
-def cpu_seconds(pid):
-    """User and system CPU time of pid and its descendants, in seconds."""
-    return sum(cpu_split(pid))
-
-
 def cpu_split(pid):
     """(user, system) CPU time of pid and its descendants, in seconds."""
     user = system = 0
