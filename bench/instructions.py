@@ -89,7 +89,7 @@ def count(build, sim_port, max_tokens, args, tmp, env, stream=True):
            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
            "--backend", f"http://127.0.0.1:{sim_port}", "--model", "tiny-llama"]
     gw = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=dict(os.environ, RUST_LOG="info", **env))
+                          env={**os.environ, "RUST_LOG": "info", **env})
     try:
         wait_ready(admin)
         load = [args.weir, "bench", "--url", f"http://127.0.0.1:{port}", "--max-tokens", str(max_tokens),
