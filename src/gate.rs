@@ -32,16 +32,15 @@ use crate::state::Shared;
 /// A check made on a request before it goes on.
 pub trait Check {
     /// Lets the request on (changed if need be) or refuses it. The config it checks against
-    /// is the request's own, read in place from the edge's extension ([`shared`]).
+    /// is the request's own, read in place from the edge's extension ([`edge`]).
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError>;
 }
 
-/// The config the request works with, borrowed from the [`Edge`] extension: no count of
+/// The request's [`Edge`] extension (its config and its record), borrowed: no count of
 /// the `Arc` every worker shares is taken and dropped per gate. Only the edge puts it in: a
 /// stack assembled without it is a bug.
-fn shared<B>(req: &Request<B>) -> Result<&Shared, GatewayError> {
-    let edge = req.extensions().get::<Edge>();
-    edge.map(|e| &*e.shared).ok_or(GatewayError::Internal)
+fn edge<B>(req: &Request<B>) -> Result<&Edge, GatewayError> {
+    req.extensions().get::<Edge>().ok_or(GatewayError::Internal)
 }
 
 /// Adds a [`Gate`] with `check` to a service.
@@ -136,7 +135,7 @@ pub struct Admission {
 
 impl Check for Admission {
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let shared = shared(req)?;
+        let shared: &Shared = &edge(req)?.shared;
         if req.extensions().get::<OverConnectionLimit>().is_some() {
             return Err(GatewayError::TooManyConnections);
         }
@@ -187,15 +186,14 @@ pub struct ApiKeys;
 
 impl Check for ApiKeys {
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
-        let Some(keys) = &shared(req)?.keys else {
+        let edge = edge(req)?;
+        let Some(keys) = &edge.shared.keys else {
             return Ok(());
         };
         let tenant = keys
             .check(req.headers())
             .ok_or(GatewayError::Unauthorized)?;
-        if let Some(edge) = req.extensions().get::<Edge>() {
-            edge.ledger.with(|ex| ex.tenant = Some(tenant));
-        }
+        edge.ledger.with(|ex| ex.tenant = Some(tenant));
         req.headers_mut().remove(header::AUTHORIZATION);
         req.headers_mut().remove("x-api-key");
         Ok(())
