@@ -34,7 +34,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rate  # noqa: E402
-from procs import (cpu_split, free_port, median, nginx_conf, rss_bytes, start,  # noqa: E402
+from procs import (cpu_since, cpu_split, free_port, median, nginx_conf, rss_bytes, start,  # noqa: E402
                    stop_all, wait_port)
 WEIR = os.path.join(ROOT, "target", "release", "weir")
 
@@ -97,13 +97,11 @@ def measure(name, url, pid, level, args, tmp):
         if pid and cpu0 is not None:
             peak = max(peak, rss_bytes(pid))
         time.sleep(0.2)
-    cpu0 = cpu0 if cpu0 is not None else (cpu_split(pid) if pid else (0.0, 0.0))
+    if pid and cpu0 is None:
+        cpu0 = cpu_split(pid)
     if p.returncode != 0:
         sys.exit(f"weir bench failed against {name}")
-    user, system = 0.0, 0.0
-    if pid:
-        (u1, s1), (u0, s0) = cpu_split(pid), cpu0
-        user, system = u1 - u0, s1 - s0
+    user, system = cpu_since(pid, cpu0)
     with open(out) as f:
         r = json.load(f)["runs"][0]
     return {"target": name, "level": level, "cpu": user + system, "system": system, "rss": peak,

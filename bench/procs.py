@@ -80,6 +80,15 @@ def cpu_split(pid):
     return user / TICK, system / TICK
 
 
+def cpu_since(pid, before):
+    """(user, system) seconds pid has used since `before` (a `cpu_split`; None: from its start);
+    (0, 0) without a pid (the direct runs)."""
+    if not pid:
+        return 0.0, 0.0
+    (u1, s1), (u0, s0) = cpu_split(pid), before or (0.0, 0.0)
+    return u1 - u0, s1 - s0
+
+
 def rss_bytes(pid):
     total = 0
     for p in children(pid):

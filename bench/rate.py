@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from procs import cpu_split, free_port, median, nginx_conf, start, stop_all, wait_port
+from procs import cpu_since, cpu_split, free_port, median, nginx_conf, start, stop_all, wait_port
 
 
 def cores_of(spec):
@@ -87,10 +87,7 @@ def measure(weir, name, url, pid, load_cores, mode, value, args, tmp):
         time.sleep(0.1)
     if p.returncode != 0:
         sys.exit(f"weir bench failed against {name} ({mode} {value})")
-    user, system = 0.0, 0.0
-    if pid:
-        (u1, s1), (u0, s0) = cpu_split(pid), cpu0 or (0.0, 0.0)
-        user, system = u1 - u0, s1 - s0
+    user, system = cpu_since(pid, cpu0)
     with open(out) as f:
         r = json.load(f)["runs"][0]
     return {"target": name, "mode": mode, "value": value, "cpu": user + system, "system": system,
