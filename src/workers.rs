@@ -20,12 +20,14 @@
 use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::server::{self, Served, ServedBody};
+use crate::telemetry::stdout;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -62,6 +64,16 @@ pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
+/// Writes this worker's gathered log lines once a second, for a worker too busy to go idle.
+async fn flush_every_second() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        stdout::flush_here();
+    }
+}
+
 /// Serves each of `listeners` (one address, `SO_REUSEPORT`) on a worker thread of its own
 /// until `stop` turns true; each thread's result comes back through a task on the calling
 /// runtime.
@@ -85,11 +97,16 @@ where
             .name(format!("weir-worker-{i}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(i));
+                // Log lines written a batch at a time: when the loop goes idle, once a second
+                // while it is busy, and before the thread says it is done.
+                let lines = stdout::batch_here();
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_park(stdout::flush_here)
                     .build()
                     .and_then(|rt| {
                         rt.block_on(async move {
+                            tokio::spawn(flush_every_second());
                             let listener = TcpListener::from_std(listener)?;
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
@@ -99,6 +116,7 @@ where
                         // The runtime is dropped here: connections still open after the
                         // grace period end with it.
                     });
+                drop(lines);
                 let _ = result.send(served);
             })?;
         done.push(tokio::spawn(async move {
