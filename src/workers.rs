@@ -20,7 +20,6 @@
 use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -64,16 +63,6 @@ pub fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
-/// Writes this worker's gathered log lines once a second, for a worker too busy to go idle.
-async fn flush_every_second() {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        stdout::flush_here();
-    }
-}
-
 /// Serves each of `listeners` (one address, `SO_REUSEPORT`) on a worker thread of its own
 /// until `stop` turns true; each thread's result comes back through a task on the calling
 /// runtime.
@@ -106,7 +95,7 @@ where
                     .build()
                     .and_then(|rt| {
                         rt.block_on(async move {
-                            tokio::spawn(flush_every_second());
+                            tokio::spawn(stdout::flush_every_second());
                             let listener = TcpListener::from_std(listener)?;
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;

@@ -8,7 +8,8 @@
 //! atomic. A longer line, or the rest of a line the kernel took only part of (a full pipe),
 //! is written under a lock, so that two such lines do not interleave with each other.
 //!
-//! A per-core worker (`workers.rs`) gathers its lines instead, up to one atomic write's worth,
+//! A per-core worker (`workers.rs`), and the one thread of a gateway given one core, gathers
+//! its lines instead, up to one atomic write's worth,
 //! and writes them in one call: when the next line would not fit, when its event loop is
 //! about to go idle (tokio's park hook), once a second while it is busy, and when its thread
 //! ends. A busy worker makes one write of several access lines instead of one per line (what
@@ -83,6 +84,17 @@ pub fn flush_here() {
             let _ = lines.flush(write_whole);
         }
     });
+}
+
+/// Writes this thread's gathered lines once a second, for a loop too busy to go idle (a task
+/// on the thread's own single-threaded runtime).
+pub async fn flush_every_second() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush_here();
+    }
 }
 
 /// Writes what is gathered and stops gathering when dropped (at the end of the worker's
