@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use weir::config::{BackendConfig, Config};
-use weir::telemetry::stdout;
 
 /// jemalloc with background purging: memory freed after a burst of streams goes back to
 /// the system instead of staying in the allocator's arenas.
@@ -282,10 +281,7 @@ fn prepare_fds(wanted: Option<u64>) {
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
     let threads = weir::workers::threads();
     let mut builder = if threads == 1 {
-        // Its one thread writes its log lines a batch at a time, as a per-core worker does.
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        b.on_thread_park(stdout::flush_here);
-        b
+        tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(threads);
@@ -298,17 +294,7 @@ fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    let lines = (threads == 1).then(stdout::batch_here);
-    let done = rt.block_on(async {
-        if lines.is_some() {
-            tokio::spawn(stdout::flush_every_second());
-        }
-        fut.await
-    });
-    // What the runtime's last tasks log on their way out is written too.
-    drop(rt);
-    drop(lines);
-    match done {
+    match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e}");

@@ -26,7 +26,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::server::{self, Served, ServedBody};
-use crate::telemetry::stdout;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -86,16 +85,11 @@ where
             .name(format!("weir-worker-{i}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(i));
-                // Log lines written a batch at a time: when the loop goes idle, once a second
-                // while it is busy, and before the thread says it is done.
-                let lines = stdout::batch_here();
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .on_thread_park(stdout::flush_here)
                     .build()
                     .and_then(|rt| {
                         rt.block_on(async move {
-                            tokio::spawn(stdout::flush_every_second());
                             let listener = TcpListener::from_std(listener)?;
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
@@ -105,7 +99,6 @@ where
                         // The runtime is dropped here: connections still open after the
                         // grace period end with it.
                     });
-                drop(lines);
                 let _ = result.send(served);
             })?;
         done.push(tokio::spawn(async move {
